@@ -1,0 +1,74 @@
+"""OpenTelemetry metrics: the `budget.violations` counter and one histogram per measured metric."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from opentelemetry import metrics
+
+from otel_budget import names
+from otel_budget.results import ScopeResult
+
+logger = logging.getLogger(__name__)
+
+_UNITS = {"ms": "ms", "mb": "MiB", "queries": "{query}", "calls": "{call}", "enqueued": "{task}"}
+
+
+def _unit(metric: str) -> str:
+    return _UNITS.get(metric.rsplit("_", 1)[-1].rsplit(".", 1)[-1], "1")
+
+
+class BudgetMetrics:
+    """Records each finished scope into instruments created lazily from the global (or given) MeterProvider."""
+
+    def __init__(self, meter_provider: metrics.MeterProvider | None = None) -> None:
+        self._meter_provider = meter_provider
+        self._meter: metrics.Meter | None = None
+        self._violations: metrics.Counter | None = None
+        self._evicted: metrics.Counter | None = None
+        self._histograms: dict[str, metrics.Histogram] = {}
+
+    def record(self, result: ScopeResult) -> None:
+        meter = self._get_meter()
+        attributes = _scope_attributes(result)
+        for metric, value in result.values.items():
+            histogram = self._histograms.get(metric)
+            if histogram is None:
+                histogram = meter.create_histogram(
+                    names.PREFIX + metric, unit=_unit(metric), description=f"otel-budget: {metric} per scope"
+                )
+                self._histograms[metric] = histogram
+            histogram.record(value, attributes)
+        if result.violations:
+            counter = self._violations
+            assert counter is not None
+            for violation in result.violations:
+                counter.add(
+                    1, {**attributes, names.EVENT_METRIC: violation.metric, names.EVENT_RULE: violation.rule}
+                )
+
+    def scope_evicted(self, count: int = 1) -> None:
+        self._get_meter()
+        assert self._evicted is not None
+        self._evicted.add(count)
+
+    def _get_meter(self) -> metrics.Meter:
+        if self._meter is None:
+            provider = self._meter_provider or metrics.get_meter_provider()
+            self._meter = provider.get_meter(names.METER_NAME)
+            self._violations = self._meter.create_counter(
+                names.INSTRUMENT_VIOLATIONS, unit="{violation}", description="otel-budget: budgets exceeded"
+            )
+            self._evicted = self._meter.create_counter(
+                names.INSTRUMENT_EVICTED, unit="{scope}", description="otel-budget: open scopes evicted unfinished"
+            )
+        return self._meter
+
+
+def _scope_attributes(result: ScopeResult) -> dict[str, Any]:
+    if result.kind == names.RULE_HTTP:
+        return {names.HTTP_ROUTE: result.name, names.HTTP_REQUEST_METHOD: result.method or ""}
+    if result.kind == names.RULE_CELERY:
+        return {names.CELERY_TASK_NAME: result.name}
+    return {names.SCOPE_NAME: result.name}

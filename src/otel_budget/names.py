@@ -1,0 +1,100 @@
+"""Every metric, attribute, event and environment-variable name otel-budget uses."""
+
+from __future__ import annotations
+
+# Metrics a scope is measured on (DESIGN.md, "What is measured").
+DURATION_MS = "duration_ms"
+CPU_MS = "cpu_ms"
+MEMORY_GROWTH_MB = "memory.growth_mb"
+MEMORY_PEAK_GROWTH_MB = "memory.peak_growth_mb"
+DB_QUERIES = "db.queries"
+DB_DURATION_MS = "db.duration_ms"
+DB_REPEATED_QUERIES = "db.repeated_queries"
+EXTERNAL_CALLS = "external.calls"
+EXTERNAL_DURATION_MS = "external.duration_ms"
+TASKS_ENQUEUED = "tasks.enqueued"
+
+FIXED_METRICS = (
+    DURATION_MS,
+    CPU_MS,
+    MEMORY_GROWTH_MB,
+    MEMORY_PEAK_GROWTH_MB,
+    DB_QUERIES,
+    DB_DURATION_MS,
+    DB_REPEATED_QUERIES,
+    EXTERNAL_CALLS,
+    EXTERNAL_DURATION_MS,
+    TASKS_ENQUEUED,
+)
+# Metrics known only when the scope ends; their events carry the scope's end time.
+END_ONLY_METRICS = frozenset({DURATION_MS, CPU_MS, MEMORY_GROWTH_MB, MEMORY_PEAK_GROWTH_MB})
+# Metrics whose value is an integer count.
+COUNT_METRICS = frozenset({DB_QUERIES, DB_REPEATED_QUERIES, EXTERNAL_CALLS, TASKS_ENQUEUED})
+
+# `db.system` values with per-system metrics `db.<system>.queries` / `db.<system>.duration_ms`
+# (the OpenTelemetry semantic conventions' list, plus the stable names that differ).
+DB_SYSTEMS = frozenset(
+    {
+        "postgresql", "mongodb", "redis", "sqlite", "mysql", "mariadb", "mssql", "oracle",
+        "cassandra", "elasticsearch", "opensearch", "couchbase", "couchdb", "dynamodb",
+        "memcached", "neo4j", "clickhouse", "cockroachdb", "db2", "hbase", "hive", "h2",
+        "influxdb", "trino", "spanner", "firestore", "cosmosdb", "other_sql", "sqlserver",
+        "oracle.db", "ibm.db2", "microsoft.sql_server", "aws.dynamodb", "azure.cosmosdb",
+        "gcp.spanner",
+    }
+)
+
+
+def db_queries_metric(system: str) -> str:
+    return f"db.{system}.queries"
+
+
+def db_duration_metric(system: str) -> str:
+    return f"db.{system}.duration_ms"
+
+
+# Attributes and events we add.
+PREFIX = "budget."
+ATTR_VIOLATIONS = "budget.violations"
+ATTR_RULE = "budget.rule"
+ATTR_CONFIG_ERROR = "budget.config_error"
+EVENT_EXCEEDED = "budget.exceeded"
+EVENT_METRIC = "budget.metric"
+EVENT_LIMIT = "budget.limit"
+EVENT_ACTUAL = "budget.actual"
+EVENT_RULE = "budget.rule"
+EVENT_STATEMENT = "budget.statement"
+
+# Rule names (`budget.rule`).
+RULE_HTTP = "http"
+RULE_CELERY = "celery"
+RULE_CODE = "code"
+RULE_SCOPE = "scope"
+ROUTE_RULE_PREFIX = "route:"
+TASK_RULE_PREFIX = "task:"
+
+# Attributes we read from spans (old and stable semantic conventions).
+DB_SYSTEM = ("db.system.name", "db.system")
+DB_STATEMENT = ("db.query.text", "db.statement")
+DB_OPERATION = ("db.operation.name", "db.operation")
+DB_COLLECTION = ("db.collection.name", "db.mongodb.collection")
+HTTP_METHOD = ("http.request.method", "http.method")
+HTTP_URL = ("url.full", "http.url")
+HTTP_ROUTE = "http.route"
+HTTP_REQUEST_METHOD = "http.request.method"
+CELERY_TASK_NAME = "celery.task_name"
+CELERY_ACTION = "celery.action"
+SCOPE_NAME = "budget.scope"
+
+# OpenTelemetry metrics (instruments).
+METER_NAME = "otel_budget"
+INSTRUMENT_VIOLATIONS = "budget.violations"
+INSTRUMENT_EVICTED = "budget.scopes.evicted"
+
+# Environment variables.
+ENV_CONFIG = "OTEL_BUDGET_CONFIG"
+ENV_ENABLED = "OTEL_BUDGET_ENABLED"
+ENV_MAX_SCOPES = "OTEL_BUDGET_MAX_OPEN_SCOPES"
+
+# Cap on the statement text exported in `budget.statement`.
+STATEMENT_MAX_CHARS = 200

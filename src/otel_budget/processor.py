@@ -1,0 +1,567 @@
+"""The budget span processor: the hot path.
+
+Per span it does one dict lookup at start and, at end, a few additions on the scope's tally.
+A scope (HTTP request, Celery task, explicit scope) is finished just before its span ends,
+so its summary attributes and `budget.exceeded` events land on the exported span itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from opentelemetry import context as context_api
+from opentelemetry import trace
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+from opentelemetry.trace import SpanKind
+
+from otel_budget import _probes, names
+from otel_budget._metrics import BudgetMetrics
+from otel_budget._ratelimit import log_exception
+from otel_budget.config import BudgetConfig, BudgetRule
+from otel_budget.normalize import normalize_mongo, normalize_sql, truncate
+from otel_budget.results import ScopeResult, Violation
+
+__all__ = ["BudgetSpanProcessor", "ScopeTally"]
+
+logger = logging.getLogger(__name__)
+
+INF = float("inf")
+MIB = 1024.0 * 1024.0
+_CLIENT = SpanKind.CLIENT
+_PRODUCER = SpanKind.PRODUCER
+_SERVER = SpanKind.SERVER
+_CONSUMER = SpanKind.CONSUMER
+_SQL_SYSTEMS = frozenset(
+    {"postgresql", "mysql", "mariadb", "sqlite", "mssql", "oracle", "other_sql", "cockroachdb", "db2", "h2",
+     "clickhouse", "trino", "hive", "sqlserver", "oracle.db", "ibm.db2", "microsoft.sql_server", "spanner",
+     "gcp.spanner"}
+)
+_MAX_STATEMENTS = 512  # distinct normalised statements remembered per scope
+_running_loop = asyncio._get_running_loop  # the C function; ~30 ns
+
+Listener = Callable[[ScopeResult], None]
+
+
+class ScopeTally:
+    """Running totals of one open scope."""
+
+    __slots__ = (
+        "kind", "name", "span", "span_id", "parent", "closed", "lock", "rule", "rule_final", "code_limits",
+        "start_ns", "rss_start", "peak_start", "cpu_start", "thread_id",
+        "db_queries", "db_ns", "systems", "statements", "max_repeat", "max_statement",
+        "external_calls", "external_ns", "tasks_enqueued", "crossed",
+        "lim_queries", "lim_db_ns", "lim_repeat", "lim_external", "lim_external_ns", "lim_tasks", "lim_systems",
+    )  # fmt: skip
+
+    def __init__(self, kind: str, name: str, span: Span, parent: ScopeTally | None) -> None:
+        self.kind = kind
+        self.name = name
+        self.span: Span | None = span
+        self.span_id: int = span.get_span_context().span_id
+        self.parent = parent
+        self.closed = False
+        self.lock = threading.Lock()
+        self.rule: BudgetRule | None = None
+        self.rule_final = False
+        self.code_limits: dict[str, float] = {}
+        self.start_ns: int = span.start_time or time.time_ns()
+        self.rss_start = _probes.rss_bytes()
+        self.peak_start = _probes.peak_rss_bytes()
+        # Thread CPU time means nothing for a coroutine sharing its thread with others.
+        self.thread_id = threading.get_ident() if _running_loop() is None else 0
+        self.cpu_start = _probes.cpu_ns()
+        self.db_queries = 0
+        self.db_ns = 0
+        self.systems: dict[str, list[int]] = {}  # system -> [queries, ns]
+        self.statements: dict[str, int] = {}
+        self.max_repeat = 0
+        self.max_statement: str | None = None
+        self.external_calls = 0
+        self.external_ns = 0
+        self.tasks_enqueued = 0
+        self.crossed: dict[str, int] = {}  # metric -> time the limit was crossed
+        self.lim_queries = self.lim_db_ns = self.lim_repeat = INF
+        self.lim_external = self.lim_external_ns = self.lim_tasks = INF
+        self.lim_systems: dict[str, tuple[float, float]] = {}
+
+    def count_db(self, system: str, key: str, ns: int, end_ns: int) -> None:
+        with self.lock:
+            self.db_queries += 1
+            self.db_ns += ns
+            per_system = self.systems.get(system)
+            if per_system is None:
+                per_system = self.systems[system] = [0, 0]
+            per_system[0] += 1
+            per_system[1] += ns
+            statements = self.statements
+            repeats = statements.get(key, 0) + 1
+            if repeats > 1 or len(statements) < _MAX_STATEMENTS:
+                statements[key] = repeats
+            if repeats > self.max_repeat:
+                self.max_repeat = repeats
+                self.max_statement = key
+            if self.db_queries > self.lim_queries:
+                self._cross(names.DB_QUERIES, end_ns)
+                self.lim_queries = INF
+            if self.db_ns > self.lim_db_ns:
+                self._cross(names.DB_DURATION_MS, end_ns)
+                self.lim_db_ns = INF
+            if repeats > self.lim_repeat:
+                self._cross(names.DB_REPEATED_QUERIES, end_ns)
+                self.lim_repeat = INF
+            if self.lim_systems and system in self.lim_systems:
+                self._cross_system(system, per_system, end_ns)
+
+    def count_external(self, ns: int, end_ns: int) -> None:
+        with self.lock:
+            self.external_calls += 1
+            self.external_ns += ns
+            if self.external_calls > self.lim_external:
+                self._cross(names.EXTERNAL_CALLS, end_ns)
+                self.lim_external = INF
+            if self.external_ns > self.lim_external_ns:
+                self._cross(names.EXTERNAL_DURATION_MS, end_ns)
+                self.lim_external_ns = INF
+
+    def count_task(self, end_ns: int) -> None:
+        with self.lock:
+            self.tasks_enqueued += 1
+            if self.tasks_enqueued > self.lim_tasks:
+                self._cross(names.TASKS_ENQUEUED, end_ns)
+                self.lim_tasks = INF
+
+    def apply_rule(self, rule: BudgetRule, now_ns: int) -> None:
+        """Put `rule`'s limits in force; a limit newly exceeded by what is counted counts as crossed `now_ns`."""
+        with self.lock:
+            old = self.rule.limits if self.rule is not None else {}
+            self.rule = rule
+            limits = rule.limits
+            for metric in [m for m in self.crossed if limits.get(m) != old.get(m)]:
+                del self.crossed[metric]
+            crossed = self.crossed
+
+            def limit(metric: str, scale: float = 1.0) -> float:
+                return INF if metric in crossed else limits.get(metric, INF) * scale
+
+            self.lim_queries = limit(names.DB_QUERIES)
+            self.lim_db_ns = limit(names.DB_DURATION_MS, 1e6)
+            self.lim_repeat = limit(names.DB_REPEATED_QUERIES)
+            self.lim_external = limit(names.EXTERNAL_CALLS)
+            self.lim_external_ns = limit(names.EXTERNAL_DURATION_MS, 1e6)
+            self.lim_tasks = limit(names.TASKS_ENQUEUED)
+            self.lim_systems = {}
+            for metric in limits:
+                if metric.startswith("db.") and metric.count(".") >= 2:
+                    system = metric[3:].rsplit(".", 1)[0]
+                    self.lim_systems[system] = (
+                        limits.get(names.db_queries_metric(system), INF),
+                        limits.get(names.db_duration_metric(system), INF) * 1e6,
+                    )
+            self._recheck(now_ns)
+
+    def recheck(self, now_ns: int) -> None:
+        """Compare what is counted with the limits in force (after counts were added in bulk)."""
+        with self.lock:
+            self._recheck(now_ns)
+
+    def _recheck(self, now_ns: int) -> None:
+        for attr, metric, value in (
+            ("lim_queries", names.DB_QUERIES, self.db_queries),
+            ("lim_db_ns", names.DB_DURATION_MS, self.db_ns),
+            ("lim_repeat", names.DB_REPEATED_QUERIES, self.max_repeat),
+            ("lim_external", names.EXTERNAL_CALLS, self.external_calls),
+            ("lim_external_ns", names.EXTERNAL_DURATION_MS, self.external_ns),
+            ("lim_tasks", names.TASKS_ENQUEUED, self.tasks_enqueued),
+        ):
+            if value > getattr(self, attr):
+                self._cross(metric, now_ns)
+                setattr(self, attr, INF)
+        for system, per_system in self.systems.items():
+            if system in self.lim_systems:
+                self._cross_system(system, per_system, now_ns)
+
+    def _cross(self, metric: str, at_ns: int) -> None:
+        self.crossed.setdefault(metric, at_ns)
+
+    def _cross_system(self, system: str, per_system: list[int], at_ns: int) -> None:
+        limit_queries, limit_ns = self.lim_systems[system]
+        if per_system[0] > limit_queries:
+            self._cross(names.db_queries_metric(system), at_ns)
+        if per_system[1] > limit_ns:
+            self._cross(names.db_duration_metric(system), at_ns)
+
+    def merge_into(self, outer: ScopeTally, end_ns: int) -> None:
+        """Add a nested scope's counts to the scope around it."""
+        with outer.lock:
+            for system, (queries, ns) in self.systems.items():
+                outer_system = outer.systems.setdefault(system, [0, 0])
+                outer_system[0] += queries
+                outer_system[1] += ns
+            outer.db_queries += self.db_queries
+            outer.db_ns += self.db_ns
+            for key, count in self.statements.items():
+                repeats = outer.statements.get(key, 0) + count
+                outer.statements[key] = repeats
+                if repeats > outer.max_repeat:
+                    outer.max_repeat, outer.max_statement = repeats, key
+            outer.external_calls += self.external_calls
+            outer.external_ns += self.external_ns
+            outer.tasks_enqueued += self.tasks_enqueued
+        if outer.rule is not None:
+            outer.recheck(end_ns)
+
+
+class _EndScope:
+    """Installed as the scope span's own `end`: finishes the tally while the span can still be written."""
+
+    __slots__ = ("processor", "tally", "original")
+
+    def __init__(self, processor: BudgetSpanProcessor, tally: ScopeTally, original: Callable[..., None]) -> None:
+        self.processor = processor
+        self.tally = tally
+        self.original = original
+
+    def __call__(self, end_time: int | None = None) -> None:
+        tally = self.tally
+        span = tally.span
+        if span is not None:
+            span.__dict__.pop("end", None)
+        end_ns = end_time if end_time is not None else time.time_ns()
+        if not tally.closed:
+            self.processor._finish(tally, end_ns, writable=True)
+        self.original(end_ns)
+
+
+class BudgetSpanProcessor(SpanProcessor):
+    """Tallies every span under a scope and checks the scope against its budgets when it ends.
+
+    Args:
+        config: the budgets; default: built-in defaults (N+1 only).
+        config_error: why the configured file could not be used; shown on every scope span.
+        max_open_scopes: scopes kept open at once; beyond it the oldest is evicted (and counted).
+        record_metrics: record the `budget.*` histograms and the `budget.violations` counter.
+        meter_provider: where those go (default: the global MeterProvider).
+    """
+
+    def __init__(
+        self,
+        *,
+        config: BudgetConfig | None = None,
+        config_error: str | None = None,
+        max_open_scopes: int = 10_000,
+        record_metrics: bool = True,
+        meter_provider: Any = None,
+    ) -> None:
+        self.config = config or BudgetConfig()
+        self.config_error = config_error
+        self.max_open_scopes = max(1, max_open_scopes)
+        self.evicted_scopes = 0
+        self._spans: dict[int, ScopeTally] = {}  # open span id -> its scope's tally
+        self._scopes: dict[int, ScopeTally] = {}  # open scope span id -> tally, oldest first
+        self._listeners: list[Listener] = []
+        self._metrics = BudgetMetrics(meter_provider) if record_metrics else None
+        _PROCESSORS.add(self)
+        if hasattr(os, "register_at_fork"):
+            ref = weakref.ref(self)
+            os.register_at_fork(after_in_child=lambda: (p := ref()) is not None and p._after_fork())
+
+    # -- public API ---------------------------------------------------------------------------------
+    def add_listener(self, listener: Listener) -> None:
+        """Call `listener(result)` with every finished scope's `ScopeResult`."""
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: Listener) -> None:
+        self._listeners.remove(listener)
+
+    def tally_for(self, span_id: int) -> ScopeTally | None:
+        """The open scope that the span `span_id` belongs to."""
+        return self._spans.get(span_id)
+
+    @property
+    def open_scopes(self) -> int:
+        return len(self._scopes)
+
+    def set_code_limits(self, tally: ScopeTally, limits: Mapping[str, float]) -> None:
+        """In-code budgets (decorator, context manager): they win over the file."""
+        tally.code_limits.update(limits)
+        self._resolve(tally, time.time_ns())
+
+    # -- SpanProcessor --------------------------------------------------------------------------------
+    def on_start(self, span: Span, parent_context: context_api.Context | None = None) -> None:
+        try:
+            parent = span.parent
+            if parent is None or parent.is_remote:
+                kind = span.kind
+                if kind is _SERVER:
+                    self._open(span, names.RULE_HTTP, span.name, None)
+                elif kind is _CONSUMER:
+                    name = span.name
+                    self._open(span, names.RULE_CELERY, name[4:] if name.startswith("run/") else name, None)
+                elif span.attributes and names.SCOPE_NAME in span.attributes:
+                    self._open(span, names.RULE_SCOPE, str(span.attributes[names.SCOPE_NAME]), None)
+                return
+            tally = self._spans.get(parent.span_id)
+            if span.attributes and names.SCOPE_NAME in span.attributes:
+                self._open(span, names.RULE_SCOPE, str(span.attributes[names.SCOPE_NAME]), tally)
+            elif tally is not None:
+                self._spans[span.get_span_context().span_id] = tally
+        except Exception:
+            log_exception(logger, "otel-budget: on_start failed; this span is not counted")
+
+    def _on_ending(self, span: Span) -> None:
+        # Today (SDK 1.45) the span is already frozen here and `_EndScope` has done the work.
+        # Should the SDK make it writable (open-telemetry/opentelemetry-python#5613), finish here.
+        try:
+            tally = self._scopes.get(span.get_span_context().span_id)
+            if tally is not None and not tally.closed and span.is_recording():
+                self._finish(tally, time.time_ns(), writable=True)
+        except Exception:
+            log_exception(logger, "otel-budget: _on_ending failed")
+
+    def on_end(self, span: ReadableSpan) -> None:
+        try:
+            span_id = span.context.span_id  # type: ignore[union-attr]
+            tally = self._spans.pop(span_id, None)
+            if tally is None or tally.closed:
+                return
+            if tally.span_id == span_id:  # the scope span ended without our `end`: read-only now
+                self._finish(tally, span.end_time or time.time_ns(), writable=False)
+                return
+            kind = span.kind
+            if kind is _CLIENT:
+                self._count_client(tally, span)
+            elif kind is _PRODUCER:
+                attributes = span.attributes or {}
+                if attributes.get(names.CELERY_ACTION) == "apply_async" or span.name.startswith("apply_async/"):
+                    tally.count_task(span.end_time or 0)
+        except Exception:
+            log_exception(logger, "otel-budget: on_end failed; this span is not counted")
+
+    def shutdown(self) -> None:
+        _PROCESSORS.discard(self)
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True
+
+    # -- internals ------------------------------------------------------------------------------------
+    def _count_client(self, tally: ScopeTally, span: ReadableSpan) -> None:
+        attributes = span.attributes or {}
+        end_ns = span.end_time or 0
+        ns = end_ns - (span.start_time or end_ns)
+        system = attributes.get("db.system.name") or attributes.get("db.system")
+        if system:
+            system = str(system)
+            key = _statement_key(system, attributes, span.name)
+            tally.count_db(system, key, ns, end_ns)
+            if not tally.rule_final:
+                self._resolve(tally, end_ns)
+        elif "http.request.method" in attributes or "http.method" in attributes:
+            tally.count_external(ns, end_ns)
+            if not tally.rule_final:
+                self._resolve(tally, end_ns)
+
+    def _open(self, span: Span, kind: str, name: str, parent: ScopeTally | None) -> None:
+        if len(self._scopes) >= self.max_open_scopes:
+            self._evict_oldest()
+        tally = ScopeTally(kind, name, span, parent)
+        span_id = tally.span_id
+        self._resolve(tally, tally.start_ns)
+        span.__dict__["end"] = _EndScope(self, tally, span.end)
+        self._scopes[span_id] = tally
+        self._spans[span_id] = tally
+
+    def _resolve(self, tally: ScopeTally, now_ns: int) -> None:
+        """Find the rule for `tally`; for a request, final once Django has set `http.route`."""
+        name: str | None = tally.name
+        method = None
+        if tally.kind == names.RULE_HTTP and tally.span is not None:
+            attributes = tally.span.attributes or {}
+            route = attributes.get(names.HTTP_ROUTE)
+            method = _first(attributes, names.HTTP_METHOD)
+            name = str(route) if route is not None else None
+            tally.rule_final = route is not None
+        else:
+            tally.rule_final = True
+        rule = self.config.rule_for(tally.kind, name, str(method) if method is not None else None)
+        if tally.code_limits:
+            rule = rule.overridden(names.RULE_CODE, tally.code_limits)
+        if tally.rule is None or rule.limits != tally.rule.limits:
+            tally.apply_rule(rule, now_ns)
+        else:
+            tally.rule = rule
+
+    def _finish(self, tally: ScopeTally, end_ns: int, *, writable: bool) -> None:
+        tally.closed = True
+        self._scopes.pop(tally.span_id, None)
+        self._spans.pop(tally.span_id, None)
+        span = tally.span
+        try:
+            if span is None:
+                return
+            if not tally.rule_final or tally.kind == names.RULE_HTTP:
+                self._resolve(tally, end_ns)
+            result = self._result(tally, span, end_ns)
+            if writable:
+                self._write(span, result)
+            if tally.parent is not None and not tally.parent.closed:
+                tally.merge_into(tally.parent, end_ns)
+            if self._metrics is not None:
+                self._metrics.record(result)
+            for listener in self._listeners:
+                listener(result)
+        finally:
+            tally.span = None
+
+    def _result(self, tally: ScopeTally, span: Span, end_ns: int) -> ScopeResult:
+        rule = tally.rule
+        assert rule is not None
+        values: dict[str, float] = {
+            names.DURATION_MS: round((end_ns - tally.start_ns) / 1e6, 3),
+            names.MEMORY_GROWTH_MB: round((_probes.rss_bytes() - tally.rss_start) / MIB, 3),
+            names.MEMORY_PEAK_GROWTH_MB: round((_probes.peak_rss_bytes() - tally.peak_start) / MIB, 3),
+            names.DB_QUERIES: tally.db_queries,
+            names.DB_DURATION_MS: round(tally.db_ns / 1e6, 3),
+            names.DB_REPEATED_QUERIES: tally.max_repeat,
+            names.EXTERNAL_CALLS: tally.external_calls,
+            names.EXTERNAL_DURATION_MS: round(tally.external_ns / 1e6, 3),
+            names.TASKS_ENQUEUED: tally.tasks_enqueued,
+        }
+        if tally.thread_id and tally.thread_id == threading.get_ident():
+            values[names.CPU_MS] = round((_probes.cpu_ns() - tally.cpu_start) / 1e6, 3)
+        for system, (queries, ns) in tally.systems.items():
+            values[names.db_queries_metric(system)] = queries
+            values[names.db_duration_metric(system)] = round(ns / 1e6, 3)
+        statement = truncate(tally.max_statement) if tally.max_statement else None
+        violations = []
+        for metric, limit in rule.limits.items():
+            actual = values.get(metric, 0)
+            if actual > limit:
+                violations.append(
+                    Violation(
+                        metric=metric,
+                        limit=limit,
+                        actual=actual,
+                        rule=rule.sources.get(metric, rule.name),
+                        timestamp_ns=end_ns if metric in names.END_ONLY_METRICS else tally.crossed.get(metric, end_ns),
+                        statement=statement if metric == names.DB_REPEATED_QUERIES else None,
+                    )
+                )
+        attributes = span.attributes or {}
+        method = _first(attributes, names.HTTP_METHOD) if tally.kind == names.RULE_HTTP else None
+        name = tally.name
+        if tally.kind == names.RULE_HTTP and attributes.get(names.HTTP_ROUTE) is not None:
+            name = str(attributes[names.HTTP_ROUTE])
+        context = span.get_span_context()
+        return ScopeResult(
+            kind=tally.kind,
+            name=name,
+            method=str(method) if method is not None else None,
+            rule=rule.name,
+            values=values,
+            violations=tuple(violations),
+            trace_id=context.trace_id,
+            span_id=context.span_id,
+            repeated_statement=statement,
+        )
+
+    def _write(self, span: Span, result: ScopeResult) -> None:
+        summary: dict[str, Any] = {names.PREFIX + metric: value for metric, value in result.values.items()}
+        summary[names.ATTR_VIOLATIONS] = len(result.violations)
+        summary[names.ATTR_RULE] = result.rule
+        if self.config_error:
+            summary[names.ATTR_CONFIG_ERROR] = self.config_error
+        span.set_attributes(summary)
+        if not result.violations:
+            return
+        identity: dict[str, Any]
+        if result.kind == names.RULE_HTTP:
+            identity = {names.HTTP_ROUTE: result.name, names.HTTP_REQUEST_METHOD: result.method or ""}
+        elif result.kind == names.RULE_CELERY:
+            identity = {names.CELERY_TASK_NAME: result.name}
+        else:
+            identity = {names.SCOPE_NAME: result.name}
+        for violation in result.violations:
+            event: dict[str, Any] = {
+                names.EVENT_METRIC: violation.metric,
+                names.EVENT_LIMIT: violation.limit,
+                names.EVENT_ACTUAL: violation.actual,
+                names.EVENT_RULE: violation.rule,
+                **identity,
+            }
+            if violation.statement is not None:
+                event[names.EVENT_STATEMENT] = violation.statement
+            span.add_event(names.EVENT_EXCEEDED, event, timestamp=violation.timestamp_ns)
+
+    def _evict_oldest(self) -> None:
+        span_id = next(iter(self._scopes), None)
+        if span_id is None:
+            return
+        tally = self._scopes.pop(span_id)
+        tally.closed = True
+        if tally.span is not None:
+            tally.span.__dict__.pop("end", None)
+            tally.span = None
+        self.evicted_scopes += 1
+        # Drop the map entries of the evicted scope's still-open spans.
+        stale = [key for key, value in self._spans.items() if value is tally]
+        for key in stale:
+            self._spans.pop(key, None)
+        if self._metrics is not None:
+            self._metrics.scope_evicted()
+        log_exception(
+            logger,
+            "otel-budget: %d open scopes (the cap, OTEL_BUDGET_MAX_OPEN_SCOPES); evicted the oldest "
+            "(%d evicted so far) - scopes whose span never ends?",
+            self.max_open_scopes,
+            self.evicted_scopes,
+            level=logging.WARNING,
+            exc_info=False,
+        )
+
+    def _after_fork(self) -> None:
+        """A forked child inherits the parent's open scopes but will never end them."""
+        self._spans = {}
+        self._scopes = {}
+
+
+def _first(attributes: Mapping[str, Any], keys: tuple[str, ...]) -> Any:
+    for key in keys:
+        value = attributes.get(key)
+        if value is not None:
+            return value
+    return None
+
+
+def _statement_key(system: str, attributes: Mapping[str, Any], span_name: str) -> str:
+    statement = attributes.get("db.query.text") or attributes.get("db.statement")
+    if system == "mongodb":
+        text = str(statement or "")
+        operation = str(_first(attributes, names.DB_OPERATION) or text.split(" ", 1)[0] or span_name)
+        collection = str(_first(attributes, names.DB_COLLECTION) or "")
+        return normalize_mongo(operation, collection, text)
+    if statement and system in _SQL_SYSTEMS:
+        return normalize_sql(str(statement))
+    operation = _first(attributes, names.DB_OPERATION) or (str(statement).split(" ", 1)[0] if statement else span_name)
+    return f"{system} {operation}"
+
+
+_PROCESSORS: weakref.WeakSet[BudgetSpanProcessor] = weakref.WeakSet()
+
+
+def current_tally() -> tuple[BudgetSpanProcessor, ScopeTally] | None:
+    """The processor and open scope tally that the current span belongs to, if any."""
+    span_id = trace.get_current_span().get_span_context().span_id
+    if not span_id:
+        return None
+    for processor in list(_PROCESSORS):
+        tally = processor.tally_for(span_id)
+        if tally is not None:
+            return processor, tally
+    return None

@@ -1,0 +1,3 @@
+"""pytest plugin: fail tests whose requests, tasks or scopes exceed their budgets."""
+
+from __future__ import annotations
