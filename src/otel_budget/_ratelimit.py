@@ -30,3 +30,9 @@ def log_exception(
     if suppressed:
         message += f" ({suppressed} more like this in the last {INTERVAL_S:.0f} s)"
     logger.log(level, message, *args, exc_info=exc_info)
+
+
+def reset() -> None:
+    """Forget what was logged (tests; a forked child)."""
+    with _lock:
+        _last.clear()

@@ -26,7 +26,7 @@ _SPACES = re.compile(r"\s+")
 _MONGO_LITERALS = re.compile(
     r"""
     (?:ObjectId|ISODate|Timestamp|UUID|Decimal128|datetime\.datetime|Binary)\([^()]*(?:\([^()]*\)[^()]*)*\)
-    | '(?:[^'\\]|\\.)*'(?!\s*:) | "(?:[^"\\]|\\.)*"(?!\s*:)   # values; quoted keys stay
+    | (?P<string>'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")(?P<key>\s*:)?   # a string; a key when ':' follows
     | (?<![\w.])-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?\b
     | \b(?:True|False|None|true|false|null)\b
     """,
@@ -60,10 +60,14 @@ def normalize_mongo(operation: str, collection: str, statement: str) -> str:
     shape = ""
     brace = statement.find("{")
     if brace >= 0:
-        shape = _MONGO_LITERALS.sub("?", statement[brace:])
+        shape = _MONGO_LITERALS.sub(_mongo_literal, statement[brace:])
         shape = _MONGO_LIST.sub("[?]", _SPACES.sub(" ", shape))
     text = " ".join(part for part in (operation, collection, shape) if part)
     return _remember(key, text)
+
+
+def _mongo_literal(match: re.Match[str]) -> str:
+    return match.group(0) if match.group("key") else "?"  # key names are the shape; values are data
 
 
 def truncate(statement: str, limit: int = STATEMENT_MAX_CHARS) -> str:

@@ -235,7 +235,10 @@ class _EndScope:
             span.__dict__.pop("end", None)
         end_ns = end_time if end_time is not None else time.time_ns()
         if not tally.closed:
-            self.processor._finish(tally, end_ns, writable=True)
+            try:
+                self.processor._finish(tally, end_ns, writable=True)
+            except Exception:
+                log_exception(logger, "otel-budget: could not finish a scope; its span is exported without budgets")
         self.original(end_ns)
 
 
@@ -357,7 +360,7 @@ class BudgetSpanProcessor(SpanProcessor):
         ns = end_ns - (span.start_time or end_ns)
         system = attributes.get("db.system.name") or attributes.get("db.system")
         if system:
-            system = str(system)
+            system = system if isinstance(system, str) else "other"
             key = _statement_key(system, attributes, span.name)
             tally.count_db(system, key, ns, end_ns)
             if not tally.rule_final:
@@ -415,7 +418,10 @@ class BudgetSpanProcessor(SpanProcessor):
             if self._metrics is not None:
                 self._metrics.record(result)
             for listener in self._listeners:
-                listener(result)
+                try:
+                    listener(result)
+                except Exception:
+                    log_exception(logger, "otel-budget: a scope listener failed")
         finally:
             tally.span = None
 

@@ -79,7 +79,12 @@ def budget(limits: Mapping[str, float] | None = None, /, **keyword_limits: float
 
 @contextlib.contextmanager
 def budget_scope(
-    name: str, limits: Mapping[str, float] | None = None, /, **keyword_limits: float
+    name: str,
+    limits: Mapping[str, float] | None = None,
+    /,
+    *,
+    tracer_provider: trace.TracerProvider | None = None,
+    **keyword_limits: float,
 ) -> Iterator[trace.Span]:
     """Measure the enclosed code as one scope, e.g. a management command or a cron job.
 
@@ -87,11 +92,14 @@ def budget_scope(
     Limits not given come from the `[scope]` section of the budgets file. Nested inside
     another scope, its counts are also added to the outer one.
 
+    Args:
+        tracer_provider: where the scope's span is made (default: the global provider).
+
     Raises:
         ConfigError: an unknown metric or a bad value.
     """
     checked = validate_limits({**(limits or {}), **keyword_limits}, source=f"budget_scope({name!r})")
-    tracer = trace.get_tracer(names.METER_NAME)
+    tracer = trace.get_tracer(names.METER_NAME, tracer_provider=tracer_provider)
     with tracer.start_as_current_span(name, attributes={names.SCOPE_NAME: name}) as span:
         if checked:
             _apply(checked)

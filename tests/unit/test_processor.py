@@ -1,0 +1,355 @@
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from opentelemetry import context as context_api
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
+
+from otel_budget import _ratelimit
+from otel_budget.results import ScopeResult
+from tests.unit.conftest import Tracing, make_tracing
+
+HTTP_LIMITS = {
+    "http": {
+        "db.queries": 3,
+        "db.duration_ms": 1000,
+        "external.calls": 0,
+        "tasks.enqueued": 1,
+        "db.postgresql.queries": 2,
+        "route": [{"match": "reports/*", "db.queries": 100}],
+    },
+    "celery": {"db.queries": 1},
+}
+
+
+def only(results: list[ScopeResult]) -> ScopeResult:
+    assert len(results) == 1, results
+    return results[0]
+
+
+def test_counts_every_db_metric_old_semconv(tracing: Tracing) -> None:
+    """Queries, time and repeats per system, from db.system/db.statement."""
+    with tracing.request():
+        for index in range(3):
+            tracing.db(f"SELECT * FROM line WHERE order_id = {index}")
+        tracing.db("find", system="mongodb", **{"db.mongodb.collection": "reviews"})
+    attributes = tracing.span("GET items/").attributes
+    assert attributes["budget.db.queries"] == 4
+    assert attributes["budget.db.postgresql.queries"] == 3
+    assert attributes["budget.db.mongodb.queries"] == 1
+    assert attributes["budget.db.repeated_queries"] == 3
+    assert attributes["budget.violations"] == 0
+    assert attributes["budget.rule"] == "http"
+    db_ms = sum((s.end_time - s.start_time) / 1e6 for s in tracing.spans() if s.name == "db")
+    assert attributes["budget.db.duration_ms"] == pytest.approx(db_ms, abs=0.002)
+
+
+def test_counts_stable_semconv(tracing: Tracing) -> None:
+    """db.system.name/db.query.text and http.request.method/url.full are read too."""
+    with tracing.request():
+        tracing.db("SELECT 1", stable=True)
+        tracing.db("SELECT 1", system="sqlite", stable=True)
+        with tracing.tracer.start_as_current_span(
+            "GET", kind=SpanKind.CLIENT, attributes={"http.request.method": "GET", "url.full": "http://x/"}
+        ):
+            pass
+    attributes = tracing.span("GET items/").attributes
+    assert (attributes["budget.db.queries"], attributes["budget.db.sqlite.queries"]) == (2, 1)
+    assert attributes["budget.external.calls"] == 1
+
+
+def test_external_calls_old_semconv(tracing: Tracing) -> None:
+    """HTTP CLIENT spans with http.method count as external calls, with their time."""
+    with tracing.request():
+        for _ in range(2):
+            with tracing.tracer.start_as_current_span("GET", kind=SpanKind.CLIENT, attributes={"http.method": "GET"}):
+                time.sleep(0.002)
+    attributes = tracing.span("GET items/").attributes
+    assert attributes["budget.external.calls"] == 2
+    assert attributes["budget.external.duration_ms"] >= 4.0
+
+
+def test_tasks_enqueued(tracing: Tracing) -> None:
+    """Celery apply_async PRODUCER spans count as enqueued tasks; other producers do not."""
+    with tracing.request():
+        for _ in range(2):
+            with tracing.tracer.start_as_current_span(
+                "apply_async/shop.tasks.rebuild", kind=SpanKind.PRODUCER, attributes={"celery.action": "apply_async"}
+            ):
+                pass
+        with tracing.tracer.start_as_current_span("kafka send", kind=SpanKind.PRODUCER):
+            pass
+    assert tracing.span("GET items/").attributes["budget.tasks.enqueued"] == 2
+
+
+def test_end_only_metrics_present(tracing: Tracing) -> None:
+    """Duration, CPU and memory are measured on every scope."""
+    with tracing.request():
+        time.sleep(0.01)
+    attributes = tracing.span("GET items/").attributes
+    span = tracing.span("GET items/")
+    assert attributes["budget.duration_ms"] == pytest.approx((span.end_time - span.start_time) / 1e6, abs=0.001)
+    assert 0 <= attributes["budget.cpu_ms"] < attributes["budget.duration_ms"]
+    assert isinstance(attributes["budget.memory.growth_mb"], float)
+    assert attributes["budget.memory.peak_growth_mb"] >= 0
+
+
+def test_memory_growth_measured() -> None:
+    """Memory kept alive by the scope shows as growth and triggers its budget."""
+    tracing = make_tracing({"http": {"memory.growth_mb": 20}})
+    keep = []
+    with tracing.request():
+        keep.append(bytearray(40 * 1024 * 1024))
+        keep[0][:: 4096] = b"x" * len(keep[0][:: 4096])  # touch every page
+    growth = tracing.span("GET items/").attributes["budget.memory.growth_mb"]
+    assert 38 <= growth <= 44
+    event = tracing.events("GET items/")["memory.growth_mb"]
+    assert event["budget.limit"] == 20.0
+    assert event["budget.actual"] == growth
+
+
+def test_events_exactly_the_exceeded_metrics() -> None:
+    """One event per exceeded metric, with limit, actual, rule, route and method."""
+    tracing = make_tracing(HTTP_LIMITS)
+    with tracing.request():
+        for index in range(4):
+            tracing.db(f"SELECT * FROM line WHERE id = {index}")
+        tracing.db("find", system="mongodb")
+        with tracing.tracer.start_as_current_span("GET", kind=SpanKind.CLIENT, attributes={"http.method": "GET"}):
+            pass
+    events = tracing.events("GET items/")
+    assert set(events) == {"db.queries", "db.postgresql.queries", "external.calls"}
+    assert events["db.queries"] == {
+        "budget.metric": "db.queries",
+        "budget.limit": 3,
+        "budget.actual": 5,
+        "budget.rule": "http",
+        "http.route": "items/",
+        "http.request.method": "GET",
+    }
+    assert (events["db.postgresql.queries"]["budget.limit"], events["db.postgresql.queries"]["budget.actual"]) == (2, 4)
+    assert tracing.span("GET items/").attributes["budget.violations"] == 3
+
+
+def test_count_event_stamped_when_limit_crossed() -> None:
+    """A count event carries the end time of the span that crossed the limit."""
+    tracing = make_tracing({"http": {"db.queries": 2}})
+    with tracing.request():
+        for index in range(5):
+            tracing.db(f"SELECT {index}")
+            time.sleep(0.001)
+    third = [s for s in tracing.spans() if s.name == "db"][2]
+    (event,) = tracing.span("GET items/").events
+    assert event.timestamp == third.end_time
+    assert event.timestamp < tracing.span("GET items/").end_time
+
+
+def test_end_only_event_stamped_at_scope_end() -> None:
+    """A duration event carries the scope's end time."""
+    tracing = make_tracing({"http": {"duration_ms": 1}})
+    with tracing.request():
+        time.sleep(0.005)
+    span = tracing.span("GET items/")
+    (event,) = span.events
+    assert event.attributes["budget.metric"] == "duration_ms"
+    assert event.timestamp == span.end_time
+
+
+def test_n_plus_one_event_carries_normalised_statement(tracing: Tracing) -> None:
+    """The repeated statement is exported normalised, never with its literals."""
+    with tracing.request():
+        for index in range(6):
+            tracing.db(f"SELECT * FROM line WHERE email = 'user{index}@example.com' AND order_id = {index}")
+        tracing.db("SELECT 1")
+    event = tracing.events("GET items/")["db.repeated_queries"]
+    assert event["budget.statement"] == "SELECT * FROM line WHERE email = ? AND order_id = ?"
+    assert (event["budget.limit"], event["budget.actual"]) == (5, 6)
+    exported = str(tracing.span("GET items/").attributes) + str(tracing.span("GET items/").events)
+    assert "example.com" not in exported
+
+
+def test_route_override_applies_once_route_is_known() -> None:
+    """The route is set after the span starts (as Django does); its override wins."""
+    tracing = make_tracing(HTTP_LIMITS)
+    with tracing.request(route="reports/monthly/"):
+        for index in range(10):
+            tracing.db(f"SELECT {index}", system="mongodb")
+    span = tracing.span("GET reports/monthly/")
+    assert span.attributes["budget.rule"] == "route:reports/*"
+    assert "db.queries" not in tracing.events("GET reports/monthly/")
+
+
+def test_route_resolution_late_crossing_time() -> None:
+    """Queries counted before the route was known cross a limit when the route resolves."""
+    tracing = make_tracing({"http": {"route": [{"match": "tiny/", "db.queries": 1}]}})
+    with tracing.tracer.start_as_current_span("GET", kind=SpanKind.SERVER, attributes={"http.method": "GET"}) as span:
+        tracing.db("SELECT 1", system="mongodb")
+        tracing.db("SELECT 2", system="mongodb")
+        span.set_attribute("http.route", "tiny/")
+    event = tracing.events("GET")["db.queries"]
+    assert (event["budget.rule"], event["budget.actual"]) == ("route:tiny/", 2)
+
+
+def test_celery_task_scope_and_rule() -> None:
+    """A CONSUMER run/<task> span is a scope named after the task."""
+    tracing = make_tracing({"celery": {"db.queries": 1}, "http": {}})
+    remote = trace.SpanContext(trace_id=7, span_id=9, is_remote=True, trace_flags=trace.TraceFlags(1))
+    ctx = trace.set_span_in_context(trace.NonRecordingSpan(remote))
+    with tracing.tracer.start_as_current_span("run/shop.tasks.rebuild", context=ctx, kind=SpanKind.CONSUMER):
+        tracing.db("SELECT 1")
+        tracing.db("SELECT 2")
+    event = tracing.events("run/shop.tasks.rebuild")["db.queries"]
+    assert event["celery.task_name"] == "shop.tasks.rebuild"
+    assert "http.route" not in event
+    result = only(tracing.results)
+    assert (result.kind, result.name, result.rule) == ("celery", "shop.tasks.rebuild", "celery")
+
+
+def test_server_span_with_local_parent_is_not_a_scope(tracing: Tracing) -> None:
+    """A SERVER span under a local parent belongs to the enclosing scope (e.g. Django under ASGI)."""
+    with tracing.request(route="outer/"):
+        with tracing.tracer.start_as_current_span("inner", kind=SpanKind.SERVER):
+            tracing.db("SELECT 1")
+    assert [r.name for r in tracing.results] == ["outer/"]
+    assert "budget.db.queries" not in tracing.span("inner").attributes
+
+
+def test_spans_without_scope_are_ignored(tracing: Tracing) -> None:
+    """A query outside any scope is not counted anywhere."""
+    tracing.db("SELECT 1")
+    with tracing.tracer.start_as_current_span("internal"):
+        tracing.db("SELECT 2")
+    assert tracing.results == []
+    assert tracing.processor.open_scopes == 0
+
+
+def test_spans_in_other_threads_count_when_context_is_carried(tracing: Tracing) -> None:
+    """A child started in another thread with the scope's context counts toward it."""
+    with tracing.request():
+        ctx = context_api.get_current()
+
+        def work() -> None:
+            token = context_api.attach(ctx)
+            try:
+                tracing.db("SELECT 1")
+            finally:
+                context_api.detach(token)
+
+        threads = [threading.Thread(target=work) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert tracing.span("GET items/").attributes["budget.db.queries"] == 8
+
+
+def test_concurrent_scopes_do_not_bleed() -> None:
+    """Many requests in parallel threads each export exactly their own counts."""
+    tracing = make_tracing()
+
+    def request(count: int) -> None:
+        with tracing.request(route=f"r{count}/"):
+            for index in range(count):
+                tracing.db(f"SELECT {index}", system="mongodb")
+
+    threads = [threading.Thread(target=request, args=(count,)) for count in range(1, 41)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    counts = {r.name: r.values["db.queries"] for r in tracing.results}
+    assert counts == {f"r{count}/": count for count in range(1, 41)}
+
+
+def test_unsampled_spans_are_not_tallied() -> None:
+    """A dropped (unsampled) request is not a scope and costs nothing."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+
+    from otel_budget import BudgetSpanProcessor
+
+    provider = TracerProvider(sampler=ALWAYS_OFF)
+    processor = BudgetSpanProcessor(record_metrics=False)
+    provider.add_span_processor(processor)
+    with provider.get_tracer("t").start_as_current_span("GET", kind=SpanKind.SERVER):
+        assert processor.open_scopes == 0
+
+
+def test_scope_results_reach_listeners(tracing: Tracing) -> None:
+    """Listeners get a ScopeResult with values, violations and ids."""
+    with tracing.request(route="items/<int:pk>/") as span:
+        for _ in range(6):
+            tracing.db("SELECT * FROM t WHERE id = %s")
+    result = only(tracing.results)
+    assert result.label == "GET items/<int:pk>/"
+    assert result.trace_id == span.get_span_context().trace_id
+    assert [v.metric for v in result.violations] == ["db.repeated_queries"]
+    assert result.repeated_statement == "SELECT * FROM t WHERE id = ?"
+    assert "db.repeated_queries = 6 > limit 5 (rule http)" in result.describe()
+
+
+def test_eviction_is_bounded_and_counted() -> None:
+    """Scopes that never end are evicted past the cap, and counted."""
+    tracing = make_tracing(max_open_scopes=100)
+    tracer = tracing.tracer
+    for _ in range(1000):
+        span = tracer.start_span("GET", kind=SpanKind.SERVER)
+        with trace.use_span(span, end_on_exit=False):
+            tracer.start_span("child")  # never ended either
+    assert tracing.processor.open_scopes == 100
+    assert tracing.processor.evicted_scopes == 900
+    assert len(tracing.processor._spans) == 200  # noqa: SLF001 - the bound is the point of this test
+
+
+def test_config_error_is_shown_on_every_scope() -> None:
+    """A processor started with a bad file marks every scope span with the reason."""
+    tracing = make_tracing(config_error="budgets.toml: http.db.querys: unknown metric")
+    with tracing.request():
+        pass
+    assert tracing.span("GET items/").attributes["budget.config_error"] == "budgets.toml: http.db.querys: unknown metric"
+
+
+def test_processor_never_raises_into_the_host(tracing: Tracing, caplog: pytest.LogCaptureFixture) -> None:
+    """A failing listener is logged and the request's span still ends and exports."""
+
+    def broken(result: ScopeResult) -> None:
+        raise RuntimeError("listener bug")
+
+    _ratelimit.reset()
+    tracing.processor.add_listener(broken)
+    with tracing.request():
+        tracing.db("SELECT 1")
+    assert tracing.span("GET items/").attributes["budget.db.queries"] == 1
+    with tracing.request(route="again/"):
+        pass
+    logged = [r for r in caplog.records if r.getMessage() == "otel-budget: a scope listener failed"]
+    assert len(logged) == 1  # the second failure within a minute is held back
+    assert tracing.span("GET again/").attributes["budget.violations"] == 0
+
+
+def test_hostile_span_attributes_are_survived(tracing: Tracing) -> None:
+    """Odd attribute types (a list as db.system, bytes-ish statements) never break the request."""
+    with tracing.request():
+        with tracing.tracer.start_as_current_span(
+            "db", kind=SpanKind.CLIENT, attributes={"db.system": ["postgresql"], "db.statement": 42}
+        ):
+            pass
+    assert tracing.span("GET items/").attributes["budget.db.queries"] == 1
+
+
+def test_fork_resets_state(tracing: Tracing) -> None:
+    """After fork the child starts with no inherited open scopes."""
+    import os
+
+    with tracing.request():
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # child
+            os.write(write, str(tracing.processor.open_scopes).encode())
+            os._exit(0)
+        os.waitpid(pid, 0)
+        assert os.read(read, 16) == b"0"
+        assert tracing.processor.open_scopes == 1
