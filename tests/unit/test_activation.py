@@ -1,0 +1,143 @@
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+
+from otel_budget import install
+from otel_budget.activation import is_enabled
+from tests.unit.conftest import make_tracing
+
+APP = textwrap.dedent(
+    """
+    from opentelemetry import trace
+    from opentelemetry.trace import SpanKind
+
+    tracer = trace.get_tracer("app")
+    with tracer.start_as_current_span("GET", kind=SpanKind.SERVER, attributes={"http.request.method": "GET"}) as span:
+        span.set_attribute("http.route", "orders/")
+        for i in range(7):
+            with tracer.start_as_current_span("SELECT", kind=SpanKind.CLIENT,
+                                              attributes={"db.system": "postgresql",
+                                                          "db.statement": f"SELECT * FROM line WHERE id = {i}"}):
+                pass
+    """
+)
+
+
+def run_instrumented(tmp_path: Path, **env: str) -> tuple[list[dict[str, Any]], str]:
+    """Run APP under `opentelemetry-instrument` with the console exporter; return its spans and stderr."""
+    script = tmp_path / "app.py"
+    script.write_text(APP)
+    bindir = Path(sys.executable).parent
+    environment = {
+        **os.environ,
+        "OTEL_TRACES_EXPORTER": "console",
+        "OTEL_METRICS_EXPORTER": "none",
+        "OTEL_LOGS_EXPORTER": "none",
+        "OTEL_SERVICE_NAME": "activation-test",
+        **env,
+    }
+    if "OTEL_BUDGET_CONFIG" not in env:
+        environment.pop("OTEL_BUDGET_CONFIG", None)
+    proc = subprocess.run(
+        [str(bindir / "opentelemetry-instrument"), str(bindir / "python"), str(script)],
+        capture_output=True, text=True, env=environment, timeout=60, check=True,
+    )  # fmt: skip
+    decoder = json.JSONDecoder()
+    spans, text, index = [], proc.stdout, 0
+    while (start := text.find("{", index)) >= 0:
+        span, index = decoder.raw_decode(text, start)
+        spans.append(span)
+    return spans, proc.stderr
+
+
+def server_span(spans: list[dict[str, Any]]) -> dict[str, Any]:
+    (span,) = [s for s in spans if s["kind"] == "SpanKind.SERVER"]
+    return span
+
+
+def test_zero_code_under_opentelemetry_instrument_with_distro(tmp_path: Path) -> None:
+    """With opentelemetry-distro installed, the exported request span carries the tally and the event."""
+    spans, _ = run_instrumented(tmp_path)
+    span = server_span(spans)
+    assert span["attributes"]["budget.db.postgresql.queries"] == 7
+    assert span["attributes"]["budget.violations"] == 1
+    (event,) = span["events"]
+    assert event["name"] == "budget.exceeded"
+    assert event["attributes"]["budget.metric"] == "db.repeated_queries"
+    assert event["attributes"]["budget.statement"] == "SELECT * FROM line WHERE id = ?"
+
+
+def test_disabled_by_env(tmp_path: Path) -> None:
+    """OTEL_BUDGET_ENABLED=false leaves spans untouched."""
+    spans, _ = run_instrumented(tmp_path, OTEL_BUDGET_ENABLED="false")
+    span = server_span(spans)
+    assert not any(key.startswith("budget.") for key in span["attributes"])
+    assert span["events"] == []
+
+
+def test_bad_file_at_start_logs_and_marks_spans(tmp_path: Path) -> None:
+    """A bad budgets file does not crash the app: defaults apply, an ERROR is logged, spans say why."""
+    bad = tmp_path / "budgets.toml"
+    bad.write_text("[http]\ndb.querys = 3\n")
+    spans, stderr = run_instrumented(tmp_path, OTEL_BUDGET_CONFIG=str(bad))
+    assert "budgets file unusable, running on built-in defaults" in stderr
+    assert f"{bad}: http.db.querys: unknown metric; did you mean 'db.queries'?" in stderr
+    span = server_span(spans)
+    assert span["attributes"]["budget.config_error"].startswith(f"{bad}: http.db.querys: unknown metric")
+    assert [e["attributes"]["budget.metric"] for e in span["events"]] == ["db.repeated_queries"]
+
+
+def test_file_from_env(tmp_path: Path) -> None:
+    """OTEL_BUDGET_CONFIG is used by the zero-code path."""
+    good = tmp_path / "budgets.toml"
+    good.write_text("[http]\ndb.queries = 2\ndb.repeated_queries = 100\n")
+    spans, _ = run_instrumented(tmp_path, OTEL_BUDGET_CONFIG=str(good))
+    (event,) = server_span(spans)["events"]
+    assert (event["attributes"]["budget.metric"], event["attributes"]["budget.actual"]) == ("db.queries", 7)
+
+
+def test_exporter_before_processor_still_exports_events() -> None:
+    """A batch exporter added before ours (as post_instrument does) still sees the events."""
+    tracing = make_tracing({"http": {"db.queries": 0}}, batch=True)
+    with tracing.request():
+        tracing.db("SELECT 1")
+    assert set(tracing.events("GET items/")) == {"db.queries"}
+
+
+def test_install_is_idempotent() -> None:
+    """Installing twice on one provider adds one processor."""
+    provider = TracerProvider()
+    first = install(provider)
+    assert first is not None and install(provider) is first
+    assert len(provider._active_span_processor._span_processors) == 1  # noqa: SLF001 - what idempotent means
+
+
+def test_install_on_non_sdk_provider_warns(caplog: pytest.LogCaptureFixture) -> None:
+    """Without an SDK provider there is nothing to add to: a warning, no exception."""
+    from opentelemetry.trace import NoOpTracerProvider
+
+    assert install(NoOpTracerProvider()) is None
+    assert "is not the SDK's; budgets are off" in caplog.text
+
+
+@pytest.mark.parametrize(("value", "enabled"), [("false", False), ("0", False), ("OFF", False), ("true", True), ("", True)])
+def test_enabled_values(monkeypatch: pytest.MonkeyPatch, value: str, enabled: bool) -> None:
+    """OTEL_BUDGET_ENABLED accepts the usual boolean spellings."""
+    monkeypatch.setenv("OTEL_BUDGET_ENABLED", value)
+    assert is_enabled() is enabled
+
+
+def test_enabled_garbage_logs_and_stays_on(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """An unknown value is an error in the log, never a crash; the library stays on."""
+    monkeypatch.setenv("OTEL_BUDGET_ENABLED", "maybe")
+    assert is_enabled() is True
+    assert "OTEL_BUDGET_ENABLED='maybe' is not a boolean (valid: true, false" in caplog.text
