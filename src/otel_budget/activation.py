@@ -79,7 +79,7 @@ def install(tracer_provider: Any = None, *, config_path: str | None = None, **op
     options.setdefault("max_open_scopes", _max_open_scopes())
     processor = BudgetSpanProcessor(config=config, config_error=error, **options)
     add(processor)
-    provider._otel_budget_processor = processor
+    setattr(provider, "_otel_budget_processor", processor)  # noqa: B010 - marks the provider as done
     logger.debug("otel-budget: installed with budgets from %s", config.source)
     return processor
 

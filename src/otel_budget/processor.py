@@ -8,6 +8,7 @@ so its summary attributes and `budget.exceeded` events land on the exported span
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import threading
@@ -272,8 +273,7 @@ class BudgetSpanProcessor(SpanProcessor):
         self._metrics = BudgetMetrics(meter_provider) if record_metrics else None
         _PROCESSORS.add(self)
         if hasattr(os, "register_at_fork"):
-            ref = weakref.ref(self)
-            os.register_at_fork(after_in_child=lambda: (p := ref()) is not None and p._after_fork())
+            os.register_at_fork(after_in_child=functools.partial(_after_fork_in_child, weakref.ref(self)))
 
     # -- public API ---------------------------------------------------------------------------------
     def add_listener(self, listener: Listener) -> None:
@@ -330,7 +330,7 @@ class BudgetSpanProcessor(SpanProcessor):
 
     def on_end(self, span: ReadableSpan) -> None:
         try:
-            span_id = span.context.span_id  # type: ignore[union-attr]
+            span_id = span.context.span_id
             tally = self._spans.pop(span_id, None)
             if tally is None or tally.closed:
                 return
@@ -535,6 +535,12 @@ class BudgetSpanProcessor(SpanProcessor):
         """A forked child inherits the parent's open scopes but will never end them."""
         self._spans = {}
         self._scopes = {}
+
+
+def _after_fork_in_child(ref: weakref.ref[BudgetSpanProcessor]) -> None:
+    processor = ref()
+    if processor is not None:
+        processor._after_fork()
 
 
 def _first(attributes: Mapping[str, Any], keys: tuple[str, ...]) -> Any:
