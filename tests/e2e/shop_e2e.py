@@ -1,0 +1,117 @@
+"""Helpers of the end-to-end tests: HTTP to the shop, traces read back from Jaeger."""
+
+from __future__ import annotations
+
+import socket
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+SHOP_DIR = Path(__file__).resolve().parents[2] / "examples" / "shop"
+if str(SHOP_DIR) not in sys.path:
+    sys.path.insert(0, str(SHOP_DIR))
+
+from jaeger_reader import ExportedSpan, JaegerError, JaegerReader  # noqa: E402
+
+# What the tests need from `make stack`.
+DATABASES = (("PostgreSQL", 5432), ("FerretDB (MongoDB wire protocol)", 27017))
+STACK_SERVICES = (
+    *DATABASES,
+    ("Redis (Celery broker)", 6379),
+    ("OpenTelemetry Collector (OTLP gRPC)", 4317),
+    ("Jaeger (query API)", 16686),
+)
+SPAN_TIMEOUT_S = 20.0
+
+
+def port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+@dataclass(frozen=True)
+class ShopResponse:
+    status: int
+    body: Any
+    trace_id: str
+    headers: dict[str, str]
+
+    @property
+    def ground_truth(self) -> dict[str, int]:
+        """Django's capture and pymongo's CommandListener counts (store/ground_truth.py)."""
+        prefix = "x-ground-truth-"
+        return {
+            k[len(prefix) :].replace("-", "_"): int(v) for k, v in self.headers.items() if k.startswith(prefix)
+        }
+
+
+class ShopClient:
+    """HTTP to the running shop; every call asks for the ground-truth headers."""
+
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url
+        self.session = requests.Session()
+        self.session.trust_env = False  # loopback, never a proxy
+
+    def get(self, path: str, **params: Any) -> ShopResponse:
+        return self.request("GET", path, params=params)
+
+    def post(self, path: str) -> ShopResponse:
+        return self.request("POST", path)
+
+    def request(self, method: str, path: str, **kwargs: Any) -> ShopResponse:
+        response = self.session.request(
+            method, f"{self.base_url}/{path}", headers={"X-Ground-Truth": "1"}, timeout=30, **kwargs
+        )
+        assert response.status_code == 200, f"{method} /{path}: {response.status_code} {response.text[:500]}"
+        headers = {k.lower(): v for k, v in response.headers.items()}
+        return ShopResponse(response.status_code, response.json(), headers["x-trace-id"], headers)
+
+
+@dataclass(frozen=True)
+class ShopTrace:
+    """One trace as Jaeger returns it, with its otel-budget scope spans picked out."""
+
+    trace_id: str
+    spans: list[ExportedSpan]
+
+    @property
+    def request(self) -> ExportedSpan:
+        """The request's scope span: the SERVER span of the shop."""
+        (span,) = [s for s in self.spans if s.is_scope and s.kind == "server"]
+        return span
+
+    def task(self, name: str) -> ExportedSpan:
+        """The scope span of Celery task `name` (its `run/<name>` CONSUMER span)."""
+        (span,) = [s for s in self.spans if s.is_scope and s.kind == "consumer" and s.name == f"run/{name}"]
+        return span
+
+    def by_id(self, span_id: str | None) -> ExportedSpan | None:
+        return next((s for s in self.spans if s.span_id == span_id), None)
+
+
+class ShopTraces:
+    """Waits for a trace to reach Jaeger with the scope spans a test expects."""
+
+    def __init__(self, jaeger: JaegerReader) -> None:
+        self.jaeger = jaeger
+
+    def wait(self, trace_id: str, *, tasks: tuple[str, ...] = ()) -> ShopTrace:
+        def ready(spans: list[ExportedSpan]) -> bool:
+            names = {s.name for s in spans if s.is_scope}
+            servers = [s for s in spans if s.is_scope and s.kind == "server"]
+            return bool(servers) and all(f"run/{task}" in names for task in tasks)
+
+        what = "the request's scope span" + (f" and task scope spans {', '.join(tasks)}" if tasks else "")
+        try:
+            spans = self.jaeger.wait_for(trace_id, ready, timeout_s=SPAN_TIMEOUT_S, what=what)
+        except JaegerError as exc:
+            pytest.fail(f"{exc}\n(logs: /tmp/otel-budget-stack/logs/shop-*.log and collector.log)", pytrace=False)
+        return ShopTrace(trace_id, spans)
