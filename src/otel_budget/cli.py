@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
-from otel_budget.config import ConfigError, load_config
+from otel_budget import names
+from otel_budget.config import BudgetConfig, ConfigError, load_config
 
-__all__ = ["main"]
+__all__ = ["build_parser", "main"]
+
+DEFAULT_JAEGER = "http://127.0.0.1:16686"
 
 
 def _check_config(args: argparse.Namespace) -> int:
@@ -25,10 +29,64 @@ def _check_config(args: argparse.Namespace) -> int:
     return status
 
 
+def _report(args: argparse.Namespace) -> int:
+    from otel_budget.report import build_report, render_json, render_text
+    from otel_budget.sources import SourceError, parse_lookback, read_jaeger, read_otlp_json
+
+    def progress(message: str) -> None:
+        if not args.quiet:
+            print(message, file=sys.stderr, flush=True)
+
+    budgets: BudgetConfig | None = None
+    budgets_path = args.budgets or os.environ.get(names.ENV_CONFIG) or None
+    try:
+        if budgets_path:
+            budgets = load_config(budgets_path)
+        if args.otlp_json:
+            spans = []
+            for path in args.otlp_json:
+                progress(f"reading {path}")
+                spans.extend(read_otlp_json(path))
+            sources = {"from": ", ".join(args.otlp_json)}
+        else:
+            lookback = parse_lookback(args.lookback)
+            spans, services = read_jaeger(
+                args.jaeger, services=args.service or (), lookback_s=lookback, limit=args.limit, progress=progress
+            )
+            sources = {"Jaeger": args.jaeger, "services": ", ".join(services) or "none", "last": args.lookback}
+    except (ConfigError, SourceError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if budgets is not None:
+        sources["budgets"] = budgets.source
+    report = build_report(spans, budgets=budgets, top=args.top, sources=sources)
+    render = render_json if args.format == "json" else render_text
+    sys.stdout.write(render(report, jaeger_url=args.jaeger))
+    return 0
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _lookback(text: str) -> str:
+    from otel_budget.sources import parse_lookback
+
+    try:
+        parse_lookback(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="otel-budget",
         description="Per-request and per-task budgets on OpenTelemetry spans.",
+        epilog="Run `otel-budget COMMAND --help` for a command's options.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     check = commands.add_parser(
@@ -36,7 +94,50 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("files", nargs="+", metavar="FILE", help="a budgets TOML file")
     check.set_defaults(func=_check_config)
+    _add_report(commands)
     return parser
+
+
+def _add_report(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    report = commands.add_parser(
+        "report",
+        help="top budget offenders by route/task and metric, from Jaeger or an OTLP/JSON file",
+        description="Read recent traces and list the routes, tasks and scopes that break their budgets.\n"
+        "Per route/task and metric: the p50 and p95 of the actual values (nearest rank), the limit,\n"
+        "the number of budget.exceeded events and an example trace. Worst first.\n"
+        "Progress goes to stderr, the report to stdout.",
+        epilog="examples:\n"
+        "  otel-budget report                                  # every service in the local Jaeger\n"
+        "  otel-budget report --service shop --lookback 30m\n"
+        "  otel-budget report --otlp-json traces.jsonl --format json\n\n"
+        "A metric is listed once it has a limit: from its budget.exceeded events, or from the\n"
+        f"budgets file (--budgets, default ${names.ENV_CONFIG}), which also lists metrics within budget.\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    source = report.add_argument_group("where the traces come from (default: Jaeger)")
+    source.add_argument(
+        "--jaeger", metavar="URL", default=DEFAULT_JAEGER, help=f"Jaeger query API, also used for trace links (default {DEFAULT_JAEGER})"
+    )
+    source.add_argument(
+        "--service", metavar="NAME", action="append", help="a service to read (repeatable; default: every service Jaeger lists)"
+    )
+    source.add_argument(
+        "--lookback", metavar="AGE", default="1h", type=_lookback, help="how far back, e.g. 30m, 1h, 2d (default 1h)"
+    )
+    source.add_argument(
+        "--limit", metavar="N", type=_positive, default=500, help="most traces read per service (default 500)"
+    )
+    source.add_argument(
+        "--otlp-json", metavar="FILE", action="append",
+        help="read an OTLP/JSON file instead of Jaeger: the collector's file exporter output or a "
+        "Jaeger /api/v3/traces answer; - for stdin (repeatable)",
+    )  # fmt: skip
+    output = report.add_argument_group("output")
+    output.add_argument("--budgets", metavar="FILE", help=f"budgets file for limits (default ${names.ENV_CONFIG})")
+    output.add_argument("--top", metavar="N", type=_positive, default=20, help="rows to show (default 20)")
+    output.add_argument("--format", choices=("text", "json"), default="text", help="output format (default text)")
+    output.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+    report.set_defaults(func=_report)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

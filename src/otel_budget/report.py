@@ -1,0 +1,224 @@
+"""`otel-budget report`: the top offenders among exported scope spans, by route/task and metric."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+
+from otel_budget import names
+from otel_budget.config import BudgetConfig
+from otel_budget.sources import ScopeSpan
+
+__all__ = ["Offender", "Report", "WorstScope", "build_report", "percentile", "render_json", "render_text"]
+
+_KIND_WORDS = {names.RULE_HTTP: "request", names.RULE_CELERY: "task", names.RULE_SCOPE: "scope"}
+_EXAMPLES = 3
+
+
+@dataclass(frozen=True)
+class Offender:
+    """One route/task and metric: how its actual values compare with its limit."""
+
+    label: str  # `GET orders/`, `task shop.tasks.rebuild`, `scope nightly-import`
+    kind: str
+    name: str
+    method: str | None
+    metric: str
+    runs: int  # scopes that reported the metric
+    p50: float
+    p95: float
+    max: float
+    limit: float | None  # from the budget.exceeded events, else from the budgets file
+    violations: int  # budget.exceeded events for this metric
+    example_traces: tuple[str, ...]  # trace ids, worst first
+    statement: str | None = None  # for db.repeated_queries: the worst repeated statement
+
+    @property
+    def pressure(self) -> float:
+        """p95 / limit; above 1 means most bad runs break the budget."""
+        if self.limit is None:
+            return 0.0
+        return self.p95 / self.limit if self.limit else (math.inf if self.p95 else 0.0)
+
+
+@dataclass(frozen=True)
+class WorstScope:
+    """The route, task or scope with the most runs over budget."""
+
+    label: str
+    kind: str
+    runs: int
+    over: int  # runs with at least one budget.exceeded event
+    violations: int  # budget.exceeded events in all its runs
+    example_trace: str
+
+
+@dataclass(frozen=True)
+class Report:
+    scopes: int
+    traces: int
+    scopes_by_kind: Mapping[str, int]
+    offenders: tuple[Offender, ...]
+    worst: tuple[WorstScope, ...]  # at most one per kind, requests first
+    sources: Mapping[str, str] = field(default_factory=dict)  # what was read, for the header
+
+
+def percentile(values: Sequence[float], p: float) -> float:
+    """Nearest-rank percentile: the smallest value with at least p% of the values at or below it."""
+    if not values:
+        raise ValueError("percentile of no values")
+    ordered = sorted(values)
+    rank = max(1, math.ceil(p / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def build_report(
+    spans: Iterable[ScopeSpan],
+    *,
+    budgets: BudgetConfig | None = None,
+    top: int = 20,
+    sources: Mapping[str, str] | None = None,
+) -> Report:
+    """Group `spans` by route/task/scope and metric; rank by violations, then p95 against the limit.
+
+    A metric is listed when it has a limit: from its `budget.exceeded` events, or from `budgets`.
+    """
+    spans = list(spans)
+    groups: dict[tuple[str, str, str | None], list[ScopeSpan]] = defaultdict(list)
+    for span in spans:
+        groups[(span.kind, span.name, span.method)].append(span)
+    offenders = [
+        offender
+        for key, members in groups.items()
+        for offender in _offenders(key, members, budgets)
+        if offender.violations or offender.limit is not None
+    ]
+    offenders.sort(key=lambda o: (-o.violations, -o.pressure, o.label, o.metric))
+    return Report(
+        scopes=len(spans),
+        traces=len({span.trace_id for span in spans}),
+        scopes_by_kind=dict(Counter(span.kind for span in spans)),
+        offenders=tuple(offenders[:top]),
+        worst=_worst(groups),
+        sources=dict(sources or {}),
+    )
+
+
+def _offenders(key: tuple[str, str, str | None], members: list[ScopeSpan], budgets: BudgetConfig | None) -> list[Offender]:
+    kind, name, method = key
+    configured = budgets.rule_for(kind, name, method).limits if budgets is not None else {}
+    metrics = sorted({metric for span in members for metric in span.values})
+    result = []
+    for metric in metrics:
+        reporting = [span for span in members if metric in span.values]
+        values = [span.values[metric] for span in reporting]
+        events = [(span, event) for span in reporting for event in span.exceeded if event.metric == metric]
+        events.sort(key=lambda pair: (-pair[1].actual, -pair[0].start_ns))
+        latest = max(events, key=lambda pair: pair[0].start_ns)[1] if events else None
+        limit = latest.limit if latest is not None else configured.get(metric)
+        if events:
+            examples = _unique(span.trace_id for span, _ in events)
+        else:
+            examples = _unique(span.trace_id for span in sorted(reporting, key=lambda s: -s.values[metric]))
+        result.append(
+            Offender(
+                label=members[0].label,
+                kind=kind,
+                name=name,
+                method=method,
+                metric=metric,
+                runs=len(values),
+                p50=percentile(values, 50),
+                p95=percentile(values, 95),
+                max=max(values),
+                limit=limit,
+                violations=len(events),
+                example_traces=examples[:_EXAMPLES],
+                statement=next((event.statement for _, event in events if event.statement), None),
+            )
+        )
+    return result
+
+
+def _worst(groups: Mapping[tuple[str, str, str | None], list[ScopeSpan]]) -> tuple[WorstScope, ...]:
+    best: dict[str, WorstScope] = {}
+    for (kind, _, _), members in groups.items():
+        over = [span for span in members if span.exceeded]
+        if not over:
+            continue
+        candidate = WorstScope(
+            label=members[0].label,
+            kind=kind,
+            runs=len(members),
+            over=len(over),
+            violations=sum(len(span.exceeded) for span in members),
+            example_trace=max(over, key=lambda span: len(span.exceeded)).trace_id,
+        )
+        current = best.get(kind)
+        if current is None or (candidate.over, candidate.violations) > (current.over, current.violations):
+            best[kind] = candidate
+    return tuple(best[kind] for kind in _KIND_WORDS if kind in best)
+
+
+def _unique(items: Iterable[str]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(items))
+
+
+# -- output -------------------------------------------------------------------------------------------------
+def trace_url(jaeger_url: str, trace_id: str) -> str:
+    return f"{jaeger_url.rstrip('/')}/trace/{trace_id}"
+
+
+def render_text(report: Report, *, jaeger_url: str) -> str:
+    """A header, the worst request/task/scope, and the offenders table."""
+    kinds = ", ".join(
+        f"{report.scopes_by_kind[kind]} {_KIND_WORDS[kind]}{'s' if report.scopes_by_kind[kind] != 1 else ''}"
+        for kind in _KIND_WORDS
+        if report.scopes_by_kind.get(kind)
+    )
+    where = "; ".join(f"{key} {value}" for key, value in report.sources.items())
+    lines = [f"otel-budget report: {report.scopes} scopes ({kinds or 'none'}) in {report.traces} traces; {where}"]
+    if not report.scopes:
+        lines.append("No scope spans found (spans with budget.* attributes): is otel-budget installed in the service?")
+        return "\n".join(lines) + "\n"
+    for worst in report.worst:
+        lines.append(
+            f"worst {_KIND_WORDS[worst.kind]}: {worst.label}: {worst.over} of {worst.runs} over budget, "
+            f"{worst.violations} budget.exceeded event(s), e.g. {trace_url(jaeger_url, worst.example_trace)}"
+        )
+    if not report.worst:
+        lines.append("No budget.exceeded events.")
+    lines.append("")
+    if not report.offenders:
+        lines.append("No limits to compare with: pass --budgets FILE to list metrics within budget too.")
+        return "\n".join(lines) + "\n"
+    header = ("scope", "metric", "runs", "p50", "p95", "limit", "over", "example trace")
+    rows = [header]
+    for o in report.offenders:
+        limit = _number(o.limit) if o.limit is not None else "-"
+        example = trace_url(jaeger_url, o.example_traces[0]) if o.example_traces else "-"
+        rows.append((o.label, o.metric, str(o.runs), _number(o.p50), _number(o.p95), limit, str(o.violations), example))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    left = {0, 1, 7}
+    for row, offender in zip(rows, (None, *report.offenders)):
+        cells = [cell.ljust(w) if i in left else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))]
+        lines.append("  ".join(cells).rstrip())
+        if offender is not None and offender.statement:
+            lines.append(f"    statement: {offender.statement}")
+    return "\n".join(lines) + "\n"
+
+
+def render_json(report: Report, *, jaeger_url: str) -> str:
+    data = asdict(report)
+    for offender in data["offenders"]:
+        offender["example_traces"] = [trace_url(jaeger_url, t) for t in offender["example_traces"]]
+    for worst in data["worst"]:
+        worst["example_trace"] = trace_url(jaeger_url, worst["example_trace"])
+    return json.dumps(data, indent=2) + "\n"
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:.1f}"

@@ -1,0 +1,344 @@
+"""Where `otel-budget report` reads scope spans from: Jaeger's HTTP API or an OTLP/JSON file.
+
+Both are read into `ScopeSpan`: what the processor wrote on one scope span.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from otel_budget import names
+
+__all__ = [
+    "Exceeded",
+    "ScopeSpan",
+    "SourceError",
+    "parse_lookback",
+    "read_jaeger",
+    "read_otlp_json",
+    "scope_spans_from_jaeger",
+    "scope_spans_from_otlp",
+]
+
+# Our own attributes that are not metrics.
+_NOT_METRICS = frozenset({names.ATTR_VIOLATIONS, names.ATTR_RULE, names.ATTR_CONFIG_ERROR, names.SCOPE_NAME})
+_LOOKBACK = re.compile(r"^(\d+)([smhdw])$")
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_OTLP_KINDS = {2: "server", 5: "consumer", "SPAN_KIND_SERVER": "server", "SPAN_KIND_CONSUMER": "consumer"}
+
+Progress = Callable[[str], None]
+
+
+class SourceError(Exception):
+    """Spans could not be read: the backend is unreachable or the file is not OTLP/JSON."""
+
+
+@dataclass(frozen=True)
+class Exceeded:
+    """One `budget.exceeded` event."""
+
+    metric: str
+    limit: float
+    actual: float
+    rule: str
+    statement: str | None = None
+
+
+@dataclass(frozen=True)
+class ScopeSpan:
+    """One scope span (request, task or explicit scope) as exported: its `budget.*` attributes and events."""
+
+    kind: str  # "http", "celery" or "scope"
+    name: str  # http.route, task name or scope name
+    method: str | None
+    service: str
+    trace_id: str  # 32 lowercase hex digits
+    span_id: str
+    start_ns: int
+    rule: str
+    values: Mapping[str, float]
+    exceeded: tuple[Exceeded, ...]
+
+    @property
+    def label(self) -> str:
+        """`GET orders/<int:pk>/`, `task shop.tasks.rebuild`, `scope nightly-import` (as `ScopeResult.label`)."""
+        if self.kind == names.RULE_HTTP:
+            return f"{self.method or ''} {self.name}".strip()
+        return f"{'task' if self.kind == names.RULE_CELERY else 'scope'} {self.name}"
+
+
+def parse_lookback(text: str) -> int:
+    """`30m`, `1h`, `2d`, `1w` → seconds.
+
+    Raises:
+        ValueError: not a number followed by one of s, m, h, d, w.
+    """
+    match = _LOOKBACK.match(text.strip())
+    if not match or int(match.group(1)) == 0:
+        raise ValueError(f"invalid lookback {text!r}: use a number and a unit s, m, h, d or w, e.g. 30m, 1h, 2d")
+    return int(match.group(1)) * _SECONDS[match.group(2)]
+
+
+# -- Jaeger -----------------------------------------------------------------------------------------------
+def read_jaeger(
+    url: str,
+    *,
+    services: Sequence[str] = (),
+    lookback_s: int = 3600,
+    limit: int = 500,
+    progress: Progress | None = None,
+    timeout: float = 30.0,
+) -> tuple[list[ScopeSpan], list[str]]:
+    """Scope spans of the traces Jaeger has for `services` (default: every service it knows).
+
+    Returns the spans and the services read.
+
+    Raises:
+        SourceError: Jaeger cannot be reached or answers with an error.
+    """
+    base = url.rstrip("/")
+    say = progress or (lambda message: None)
+    if not services:
+        say(f"jaeger: listing services at {base}/api/services")
+        services = sorted(_get_json(f"{base}/api/services", timeout).get("data") or [])
+    end_us = int(time.time() * 1e6)
+    seen: set[tuple[str, str]] = set()
+    spans: list[ScopeSpan] = []
+    for service in services:
+        started = time.monotonic()
+        query = urllib.parse.urlencode(
+            {
+                "service": service,
+                "limit": limit,
+                "lookback": f"{lookback_s}s",
+                "start": end_us - lookback_s * 1_000_000,
+                "end": end_us,
+            }
+        )
+        traces = _get_json(f"{base}/api/traces?{query}", timeout).get("data") or []
+        found = 0
+        for scope in scope_spans_from_jaeger(traces):
+            key = (scope.trace_id, scope.span_id)
+            if key not in seen:
+                seen.add(key)
+                spans.append(scope)
+                found += 1
+        say(f"jaeger: {service}: {len(traces)} trace(s), {found} scope span(s) ({time.monotonic() - started:.1f}s)")
+    return spans, list(services)
+
+
+def scope_spans_from_jaeger(traces: Iterable[Mapping[str, Any]]) -> Iterator[ScopeSpan]:
+    """The scope spans in Jaeger's v1 JSON traces (`/api/traces` → `data`)."""
+    for trace in traces:
+        processes = trace.get("processes") or {}
+        for span in trace.get("spans") or []:
+            attributes = {tag["key"]: tag.get("value") for tag in span.get("tags") or []}
+            if names.ATTR_VIOLATIONS not in attributes:
+                continue
+            events = []
+            for log in span.get("logs") or []:
+                fields = {field["key"]: field.get("value") for field in log.get("fields") or []}
+                events.append((str(fields.pop("event", "")), fields))
+            process = processes.get(span.get("processID"), {})
+            yield _scope_span(
+                attributes,
+                events,
+                span_name=str(span.get("operationName", "")),
+                span_kind=str(attributes.get("span.kind", "")),
+                service=str(process.get("serviceName", "")),
+                trace_id=_hex_id(span.get("traceID", ""), 32),
+                span_id=_hex_id(span.get("spanID", ""), 16),
+                start_ns=int(span.get("startTime", 0)) * 1000,
+            )
+
+
+def _get_json(url: str, timeout: float) -> dict[str, Any]:
+    request = urllib.request.Request(url, headers={"Accept": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            body = response.read()
+    except urllib.error.HTTPError as exc:
+        detail = exc.read(300).decode("utf-8", "replace").strip()
+        raise SourceError(f"{url}: HTTP {exc.code} {exc.reason}: {detail}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise SourceError(f"cannot reach Jaeger at {url}: {reason} (is it running? `make stack` starts it)") from None
+    try:
+        data = json.loads(body)
+    except ValueError:
+        raise SourceError(f"{url}: not JSON: {body[:200]!r}") from None
+    if not isinstance(data, dict):
+        raise SourceError(f"{url}: unexpected answer: {body[:200]!r}")
+    return data
+
+
+# -- OTLP/JSON ----------------------------------------------------------------------------------------------
+def read_otlp_json(path: str) -> list[ScopeSpan]:
+    """Scope spans in an OTLP/JSON file: the collector's file exporter (one request per line),
+    Jaeger's `/api/v3/traces` answer, or a single `{"resourceSpans": [...]}` document; `-` reads stdin.
+
+    Raises:
+        SourceError: the file cannot be read or holds no OTLP/JSON traces.
+    """
+    try:
+        if path == "-":
+            text = sys.stdin.read()
+        else:
+            with open(path, encoding="utf-8") as fh:
+                text = fh.read()
+    except OSError as exc:
+        raise SourceError(f"{path}: cannot read: {exc.strerror}") from None
+    documents = _json_documents(text, path)
+    spans: list[ScopeSpan] = []
+    for document in documents:
+        spans.extend(scope_spans_from_otlp(document))
+    return spans
+
+
+def _json_documents(text: str, path: str) -> list[Any]:
+    try:
+        whole = json.loads(text)
+    except ValueError:
+        whole = None
+    else:
+        return whole if isinstance(whole, list) else [whole]
+    documents = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                documents.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise SourceError(f"{path}:{number}: not JSON ({exc.msg}); expected OTLP/JSON traces") from None
+    return documents
+
+
+def scope_spans_from_otlp(document: Any) -> Iterator[ScopeSpan]:
+    """The scope spans in one OTLP/JSON `ExportTraceServiceRequest` (or Jaeger's `{"result": ...}`)."""
+    if not isinstance(document, dict):
+        raise SourceError(f"expected an OTLP/JSON object with resourceSpans, got {type(document).__name__}")
+    if isinstance(document.get("result"), dict):
+        document = document["result"]
+    if "resourceSpans" not in document:
+        raise SourceError(f"not OTLP/JSON traces: no resourceSpans (keys: {', '.join(sorted(document)) or 'none'})")
+    for resource_spans in document["resourceSpans"] or []:
+        resource = _otlp_attributes((resource_spans.get("resource") or {}).get("attributes"))
+        service = str(resource.get("service.name", ""))
+        for scope_spans in resource_spans.get("scopeSpans") or []:
+            for span in scope_spans.get("spans") or []:
+                attributes = _otlp_attributes(span.get("attributes"))
+                if names.ATTR_VIOLATIONS not in attributes:
+                    continue
+                events = [
+                    (str(event.get("name", "")), _otlp_attributes(event.get("attributes")))
+                    for event in span.get("events") or []
+                ]
+                yield _scope_span(
+                    attributes,
+                    events,
+                    span_name=str(span.get("name", "")),
+                    span_kind=_OTLP_KINDS.get(span.get("kind", 0), ""),
+                    service=service,
+                    trace_id=_hex_id(span.get("traceId", ""), 32),
+                    span_id=_hex_id(span.get("spanId", ""), 16),
+                    start_ns=int(span.get("startTimeUnixNano", 0)),
+                )
+
+
+def _otlp_attributes(items: Any) -> dict[str, Any]:
+    return {item["key"]: _otlp_value(item.get("value") or {}) for item in items or []}
+
+
+def _otlp_value(value: Mapping[str, Any]) -> Any:
+    if "stringValue" in value:
+        return value["stringValue"]
+    if "intValue" in value:
+        return int(value["intValue"])  # a string in OTLP/JSON (64-bit)
+    if "doubleValue" in value:
+        return float(value["doubleValue"])
+    if "boolValue" in value:
+        return bool(value["boolValue"])
+    if "arrayValue" in value:
+        return [_otlp_value(v) for v in value["arrayValue"].get("values") or []]
+    return None
+
+
+def _hex_id(raw: str, digits: int) -> str:
+    """OTLP/JSON and Jaeger ids are hex; protobuf's own JSON mapping writes base64 (padded with `=`)."""
+    text = str(raw)
+    if text.endswith("="):
+        try:
+            return base64.b64decode(text, validate=True).hex().rjust(digits, "0")
+        except (binascii.Error, ValueError):
+            pass
+    return text.lower().rjust(digits, "0")
+
+
+# -- both ---------------------------------------------------------------------------------------------------
+def _scope_span(
+    attributes: Mapping[str, Any],
+    events: Iterable[tuple[str, Mapping[str, Any]]],
+    *,
+    span_name: str,
+    span_kind: str,
+    service: str,
+    trace_id: str,
+    span_id: str,
+    start_ns: int,
+) -> ScopeSpan:
+    kind, name, method = _identify(attributes, span_name, span_kind)
+    values = {
+        key[len(names.PREFIX) :]: float(value)
+        for key, value in attributes.items()
+        if key.startswith(names.PREFIX) and key not in _NOT_METRICS and _is_number(value)
+    }
+    exceeded = tuple(
+        Exceeded(
+            metric=str(fields.get(names.EVENT_METRIC, "")),
+            limit=float(fields.get(names.EVENT_LIMIT, 0)),
+            actual=float(fields.get(names.EVENT_ACTUAL, 0)),
+            rule=str(fields.get(names.EVENT_RULE, "")),
+            statement=str(fields[names.EVENT_STATEMENT]) if fields.get(names.EVENT_STATEMENT) else None,
+        )
+        for event_name, fields in events
+        if event_name == names.EVENT_EXCEEDED
+    )
+    return ScopeSpan(
+        kind=kind,
+        name=name,
+        method=method,
+        service=service,
+        trace_id=trace_id,
+        span_id=span_id,
+        start_ns=start_ns,
+        rule=str(attributes.get(names.ATTR_RULE, "")),
+        values=values,
+        exceeded=exceeded,
+    )
+
+
+def _identify(attributes: Mapping[str, Any], span_name: str, span_kind: str) -> tuple[str, str, str | None]:
+    """(kind, name, method) of a scope span, from the attributes the instrumentations and we set."""
+    if attributes.get(names.SCOPE_NAME) is not None:
+        return names.RULE_SCOPE, str(attributes[names.SCOPE_NAME]), None
+    method = next((str(attributes[key]) for key in names.HTTP_METHOD if attributes.get(key) is not None), None)
+    if span_kind == "server" or attributes.get(names.HTTP_ROUTE) is not None or method is not None:
+        return names.RULE_HTTP, str(attributes.get(names.HTTP_ROUTE) or span_name), method
+    task = attributes.get(names.CELERY_TASK_NAME)
+    if task is None:
+        task = span_name[4:] if span_name.startswith("run/") else span_name
+    return names.RULE_CELERY, str(task), None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

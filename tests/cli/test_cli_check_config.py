@@ -1,0 +1,117 @@
+"""`otel-budget check-config`: exit codes and the exact messages."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from cli_support import run_cli
+
+METRICS = (
+    "cpu_ms, db.duration_ms, db.mongodb.duration_ms, db.mongodb.queries, db.postgresql.duration_ms, "
+    "db.postgresql.queries, db.queries, db.repeated_queries, duration_ms, external.calls, external.duration_ms, "
+    "memory.growth_mb, memory.peak_growth_mb, tasks.enqueued "
+    "(and db.<system>.queries / db.<system>.duration_ms for other systems)"
+)
+GOOD = """
+[http]
+db.queries = 30
+db.repeated_queries = 5
+
+[[http.route]]
+match = "reports/*"
+method = "GET"
+db.queries = 200
+
+[celery]
+duration_ms = 60000
+
+[[celery.task]]
+match = "billing.*"
+duration_ms = 300000
+"""
+
+
+def test_good_file(write: Callable[[str, str], str]) -> None:
+    """A valid file: exit 0 and a one-line summary."""
+    result = run_cli("check-config", write("budgets.toml", GOOD))
+    assert (result.returncode, result.stdout, result.stderr) == (
+        0,
+        "budgets.toml: ok (2 section(s), 1 route and 1 task override(s))\n",
+        "",
+    )
+
+
+def test_empty_file(write: Callable[[str, str], str]) -> None:
+    """An empty file is valid: built-in defaults."""
+    result = run_cli("check-config", write("empty.toml", ""))
+    assert (result.returncode, result.stdout) == (0, "empty.toml: ok (no rules: built-in defaults)\n")
+
+
+def test_unknown_metric(write: Callable[[str, str], str]) -> None:
+    """A misspelt metric: file, key, did-you-mean and every valid metric."""
+    result = run_cli("check-config", write("typo.toml", "[http]\ndb.querys = 3\n"))
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr == (
+        f"error: typo.toml: http.db.querys: unknown metric; did you mean 'db.queries'? (valid: {METRICS})\n"
+    )
+
+
+def test_unknown_section(write: Callable[[str, str], str]) -> None:
+    """A misspelt section: the valid sections."""
+    result = run_cli("check-config", write("section.toml", "[htp]\ndb.queries = 3\n"))
+    assert (result.returncode, result.stderr) == (
+        1,
+        "error: section.toml: htp: unknown section; did you mean 'http'? (valid: celery, http, scope)\n",
+    )
+
+
+def test_bad_values(write: Callable[[str, str], str]) -> None:
+    """Every bad value in a file is reported, each with its key."""
+    result = run_cli("check-config", write("values.toml", '[http]\ndb.queries = -1\nduration_ms = "fast"\n'))
+    assert (result.returncode, result.stderr) == (
+        1,
+        "error: values.toml: http.db.queries: must be a non-negative integer, got negative -1\n"
+        "values.toml: http.duration_ms: must be a non-negative number, got string 'fast'\n",
+    )
+
+
+def test_bad_glob_and_method(write: Callable[[str, str], str]) -> None:
+    """An override with a broken glob and an unknown method: both, with what is valid."""
+    result = run_cli("check-config", write("glob.toml", '[[http.route]]\nmatch = "reports/[a"\nmethod = "FETCH"\n'))
+    assert (result.returncode, result.stderr) == (
+        1,
+        "error: glob.toml: http.route[0].match: bad glob 'reports/[a': unclosed '[' (globs use *, ? and [abc])\n"
+        "glob.toml: http.route[0].method: unknown HTTP method 'FETCH' "
+        "(valid: CONNECT, DELETE, GET, HEAD, OPTIONS, PATCH, POST, PUT, TRACE)\n",
+    )
+
+
+def test_not_toml(write: Callable[[str, str], str]) -> None:
+    """A file that is not TOML: the parser's position."""
+    result = run_cli("check-config", write("broken.toml", "[http\n"))
+    assert (result.returncode, result.stderr) == (
+        1,
+        "error: broken.toml: not valid TOML: Expected ']' at the end of a table declaration (at line 1, column 6)\n",
+    )
+
+
+def test_missing_file(write: Callable[[str, str], str]) -> None:
+    """A missing file is an error, not the defaults."""
+    result = run_cli("check-config", "missing.toml")
+    assert (result.returncode, result.stderr) == (1, "error: missing.toml: file not found\n")
+
+
+def test_several_files(write: Callable[[str, str], str]) -> None:
+    """Every file is checked; one bad file makes the exit code 1."""
+    result = run_cli("check-config", write("budgets.toml", GOOD), write("section.toml", "[htp]\n"))
+    assert result.returncode == 1
+    assert result.stdout == "budgets.toml: ok (2 section(s), 1 route and 1 task override(s))\n"
+    assert result.stderr.startswith("error: section.toml: htp: unknown section")
+
+
+def test_no_file_is_a_usage_error() -> None:
+    """check-config with no file: argparse's usage error, exit 2."""
+    result = run_cli("check-config")
+    assert result.returncode == 2
+    assert "the following arguments are required: FILE" in result.stderr
