@@ -245,9 +245,16 @@ def _django_configured() -> bool:
 def failure_message(over: Iterable[ScopeResult], source: str, marker_limits: Mapping[str, float]) -> str:
     """What a test that broke its budgets shows: every scope, metric, limit and actual value."""
     over = list(over)
-    lines = [f"otel-budget: {len(over)} scope(s) exceeded their budget during this test (budgets: {source})"]
+    first, *_ = over
+    worst = first.violations[0]
+    more = sum(len(scope.violations) for scope in over) - 1
+    lines = [
+        f"otel-budget: {first.label}: {worst.metric} {_number(worst.actual)} > limit {_number(worst.limit)}"
+        + (f" (and {more} more)" if more else ""),
+        f"{len(over)} scope(s) over budget in this test; budgets: {source}",
+    ]
     if marker_limits:
-        lines.append(f"  this test's @pytest.mark.budget: {_keywords(marker_limits)}")
+        lines.append(f"this test's @pytest.mark.budget: {_keywords(marker_limits)}")
     raise_to: dict[str, float] = {}
     for scope in over:
         lines.append("")

@@ -134,7 +134,7 @@ def read_jaeger(
                 seen.add(key)
                 spans.append(scope)
                 found += 1
-        say(f"jaeger: {service}: {len(traces)} trace(s), {found} scope span(s) ({time.monotonic() - started:.1f}s)")
+        say(f"jaeger: {service}: {len(traces)} trace(s), {found} new scope span(s) ({time.monotonic() - started:.1f}s)")
     return spans, list(services)
 
 

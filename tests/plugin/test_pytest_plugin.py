@@ -21,7 +21,8 @@ def test_n_plus_one_fails_with_the_statement(project: pytest.Pytester) -> None:
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
         [
-            "otel-budget: 1 scope(s) exceeded their budget during this test (budgets: budgets.toml)",
+            "otel-budget: GET books/: db.repeated_queries 6 > limit 3",
+            "1 scope(s) over budget in this test; budgets: budgets.toml",
             "GET books/  (trace *)",
             "  db.repeated_queries: 6 > limit 3  [rule http]",
             '    repeated 6 times: SELECT "books_author"."id", "books_author"."name" FROM "books_author" '
@@ -59,6 +60,7 @@ def test_eager_celery_task_over_budget_fails(project: pytest.Pytester) -> None:
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
         [
+            "otel-budget: task books.tasks.reprice: db.repeated_queries 6 > limit 5 (and 1 more)",
             "task books.tasks.reprice  (trace *)",
             "  db.repeated_queries: 6 > limit 5  [rule celery]",
             '    repeated 6 times: UPDATE "books_book" SET "price" = ? WHERE "books_book"."id" = ?',

@@ -1,0 +1,99 @@
+"""`otel-budget report` against the stack's Jaeger, after real spans went through the collector."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import time
+import urllib.parse
+import urllib.request
+import uuid
+
+import pytest
+from cli_support import emit_workload, make_provider, run_cli
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+JAEGER = "http://127.0.0.1:16686"
+SERVICES = {"collector (OTLP gRPC)": ("127.0.0.1", 4317), "Jaeger (query API)": ("127.0.0.1", 16686)}
+SCOPES = 16  # emit_workload's requests, tasks and scope
+
+
+def scope_spans_in_jaeger(service: str) -> int:
+    query = urllib.parse.urlencode({"service": service, "limit": 100, "lookback": "1h"})
+    with urllib.request.urlopen(f"{JAEGER}/api/traces?{query}", timeout=10) as response:
+        traces = json.load(response)["data"] or []
+    return sum(
+        any(tag["key"] == "budget.violations" for tag in span["tags"]) for trace in traces for span in trace["spans"]
+    )
+
+
+@pytest.fixture(scope="module")
+def service() -> str:
+    """A fresh service name whose workload went app → collector :4317 → Jaeger, and has arrived."""
+    down = []
+    for name, (host, port) in SERVICES.items():
+        try:
+            socket.create_connection((host, port), timeout=2).close()
+        except OSError as exc:
+            down.append(f"{name} is not reachable at {host}:{port} ({exc.strerror or exc})")
+    if down:
+        pytest.fail("; ".join(down) + "; start the service stack: make stack", pytrace=False)
+    name = f"otel-budget-cli-test-{uuid.uuid4().hex[:8]}"
+    provider = make_provider(name, OTLPSpanExporter(endpoint="127.0.0.1:4317", insecure=True, timeout=10))
+    emit_workload(provider, t0=time.time_ns() - 120 * 1_000_000_000)
+    provider.shutdown()
+    deadline = time.monotonic() + 30
+    arrived = 0
+    while time.monotonic() < deadline:
+        arrived = scope_spans_in_jaeger(name)
+        if arrived >= SCOPES:
+            return name
+        time.sleep(0.5)
+    pytest.fail(f"Jaeger has {arrived} of {SCOPES} scope spans of {name} after 30 s: is the collector forwarding to it?")
+
+
+def test_names_worst_route_and_task(service: str) -> None:
+    """The text report names the worst route and the worst task, with trace links into Jaeger."""
+    result = run_cli("report", "--service", service, "--lookback", "1h")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == (
+        f"otel-budget report: 16 scopes (8 requests, 7 tasks, 1 scope) in 16 traces; "
+        f"Jaeger {JAEGER}; services {service}; last 1h"
+    )
+    assert lines[1].startswith(
+        f"worst request: GET orders/<int:pk>/: 3 of 5 over budget, 5 budget.exceeded event(s), e.g. {JAEGER}/trace/"
+    )
+    assert lines[2].startswith(
+        f"worst task: task shop.tasks.rebuild: 2 of 4 over budget, 2 budget.exceeded event(s), e.g. {JAEGER}/trace/"
+    )
+    assert re.fullmatch(rf"jaeger: {service}: 16 trace\(s\), 16 new scope span\(s\) \(\d+\.\ds\)\n", result.stderr)
+
+
+def test_same_numbers_as_the_exporter_saw(service: str) -> None:
+    """Read back from Jaeger, percentiles, limits and counts are exactly those of the spans sent."""
+    result = run_cli("report", "--service", service, "--format", "json", "-q")
+    data = json.loads(result.stdout)
+    summary = [(r["label"], r["metric"], r["p50"], r["p95"], r["limit"], r["violations"]) for r in data["offenders"]]
+    assert summary == [
+        ("GET orders/<int:pk>/", "db.repeated_queries", 6, 10, 5, 3),
+        ("task shop.tasks.rebuild", "duration_ms", 200, 400, 250, 2),
+        ("GET orders/<int:pk>/", "db.queries", 7, 11, 8, 2),
+        ("scope nightly-import", "db.queries", 3, 3, 2, 1),
+        ("task shop.tasks.send_email", "duration_ms", 10, 300, 250, 1),
+        ("GET products/", "db.queries", 1, 9, 8, 1),
+    ]
+    trace_link = data["worst"][0]["example_trace"]
+    with urllib.request.urlopen(trace_link.replace("/trace/", "/api/traces/"), timeout=10) as response:
+        assert json.load(response)["data"][0]["traceID"] == trace_link.rsplit("/", 1)[1]
+
+
+def test_every_service_by_default(service: str) -> None:
+    """Without --service, every service Jaeger lists is read, ours among them."""
+    result = run_cli("report", "--format", "json", "--lookback", "1h")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert service in data["sources"]["services"].split(", ")
+    assert data["scopes"] >= SCOPES
+    assert result.stderr.startswith(f"jaeger: listing services at {JAEGER}/api/services\n")
