@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -98,7 +99,7 @@ def _instrumented_shop() -> Iterator[InProcessShop]:
     results: list[ScopeResult] = []
     processor.add_listener(results.append)
 
-    instrumentors = [DjangoInstrumentor(), Psycopg2Instrumentor(), PymongoInstrumentor()]
+    instrumentors: list[BaseInstrumentor] = [DjangoInstrumentor(), Psycopg2Instrumentor(), PymongoInstrumentor()]
     taken = [type(i).__name__ for i in instrumentors if i.is_instrumented_by_opentelemetry]
     if taken:
         pytest.fail(f"{', '.join(taken)} already instrumented in this process (by another test?)", pytrace=False)
