@@ -474,7 +474,7 @@ def build_collector() -> str:
     return out
 
 
-def ensure_packages(names: list[str]) -> None:
+def missing_packages(names: list[str]) -> tuple[list[str], list[str]]:
     need, svcs = [], []
     if "postgres" in names and not os.path.exists(os.path.join(PG_BIN, "postgres")):
         need += ["postgresql-15"]
@@ -485,20 +485,43 @@ def ensure_packages(names: list[str]) -> None:
     if "prometheus" in names and not (shutil.which("prometheus") and shutil.which("promtool")):
         need += ["prometheus"]
         svcs += ["prometheus"]
+    return need, svcs
+
+
+def ensure_packages(names: list[str]) -> None:
+    need, svcs = missing_packages(names)
     if need:
         apt_install(need, svcs)
 
 
+@contextlib.contextmanager
+def build_lock():
+    """One installer/builder at a time per cache (several `make stack` may run at once)."""
+    os.makedirs(CACHE_DIR, exist_ok=True)
+    with open(os.path.join(CACHE_DIR, ".build.lock"), "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log(f"another stack.py is installing/building (lock {f.name}); waiting for it")
+            fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
 def ensure_built(names: list[str]) -> None:
-    os.makedirs(BIN_DIR, exist_ok=True)
-    os.makedirs(SRC_DIR, exist_ok=True)
-    ensure_packages(names)
-    if "ferretdb" in names:
-        build_ferretdb()
-    if "jaeger" in names:
-        build_jaeger()
-    if "collector" in names:
-        build_collector()
+    wanted = [n for n in ("ferretdb", "jaeger", "collector") if n in names]
+    paths = {"ferretdb": ferretdb_bin, "jaeger": jaeger_bin, "collector": collector_bin}
+    if all(os.path.exists(paths[n]()) for n in wanted) and not missing_packages(names)[0]:
+        return  # fast path: nothing to do, no lock needed
+    with build_lock():
+        os.makedirs(BIN_DIR, exist_ok=True)
+        os.makedirs(SRC_DIR, exist_ok=True)
+        ensure_packages(names)
+        if "ferretdb" in names:
+            build_ferretdb()
+        if "jaeger" in names:
+            build_jaeger()
+        if "collector" in names:
+            build_collector()
 
 
 # --------------------------------------------------------------------------- services
