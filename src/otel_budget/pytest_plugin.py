@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Generator, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +26,7 @@ __all__ = ["BudgetPlugin"]
 MARKER = "budget"
 PLUGIN_NAME = "otel_budget_session"
 REPORT_ROWS = 15
+SCOPE_GRACE_S = 1.0  # how long a test's still-open scopes are waited for after its body returns
 
 # Instrumentations the plugin switches on when it sets up tracing itself: (module, class).
 INSTRUMENTORS = (
@@ -130,11 +132,13 @@ class BudgetPlugin:
         collected: list[ScopeResult] = []
         if marker_limits:
             processor.config = _with_code_limits(self.budgets, marker_limits)
+        open_before = processor.open_scopes
         with self._lock:
             self._collecting = collected
         try:
             result = yield
         finally:
+            _wait_for_scopes(processor, open_before)
             with self._lock:
                 self._collecting = None
             processor.config = self.budgets
@@ -156,6 +160,14 @@ class BudgetPlugin:
         terminalreporter.write_sep("=", "otel-budget: heaviest scopes")
         for line in heaviest_table(self.results):
             terminalreporter.write_line(line)
+
+
+def _wait_for_scopes(processor: BudgetSpanProcessor, open_before: int) -> None:
+    """Give scopes the test opened in other threads a moment to end (a Celery worker marks a task done
+    just before its span ends, so `result.get()` can return first)."""
+    deadline = time.monotonic() + SCOPE_GRACE_S
+    while processor.open_scopes > open_before and time.monotonic() < deadline:
+        time.sleep(0.005)
 
 
 def _marker_limits(item: pytest.Item) -> dict[str, float]:

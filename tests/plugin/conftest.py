@@ -193,6 +193,30 @@ def test_plugin_is_off(request):
     assert not any("opentelemetry" in entry for entry in settings.MIDDLEWARE)
 """
 
+WORKER_TESTS = """
+import pytest
+from celery.contrib.testing.worker import start_worker
+
+from books.models import Author, Book
+from books.tasks import reprice
+from testproj.celery_app import app
+
+
+@pytest.fixture
+def worker():
+    app.conf.task_always_eager = False
+    with start_worker(app, perform_ping_check=False, pool="solo", concurrency=1):
+        yield
+    app.conf.task_always_eager = True
+
+
+@pytest.mark.django_db(transaction=True)
+def test_reprice_in_worker(worker):
+    author = Author.objects.create(name="Ursula")
+    Book.objects.bulk_create([Book(title=f"Book {i}", author=author) for i in range(6)])
+    reprice.delay().get(timeout=10)
+"""
+
 
 @pytest.fixture(scope="session")
 def stack_services() -> None:
@@ -222,6 +246,7 @@ def project(pytester: pytest.Pytester, stack_services: None, monkeypatch: pytest
         "books/views.py": VIEWS,
         "books/tasks.py": TASKS,
         "test_shop.py": TESTS,
+        "test_worker.py": WORKER_TESTS,
         "budgets.toml": BUDGETS,
         "pytest.ini": "[pytest]\nDJANGO_SETTINGS_MODULE = testproj.settings\npythonpath = .\n",
     }

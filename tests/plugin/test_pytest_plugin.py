@@ -69,6 +69,15 @@ def test_eager_celery_task_over_budget_fails(project: pytest.Pytester) -> None:
     )
 
 
+def test_celery_worker_task_over_budget_fails(project: pytest.Pytester) -> None:
+    """A task run by a Celery test worker (another thread) fails the test that enqueued it."""
+    result = run(project, *BUDGETS, "test_worker.py")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        ["task books.tasks.reprice  (trace *)", "  db.repeated_queries: 6 > limit 5  [rule celery]"]
+    )
+
+
 def test_marker_takes_a_dict(project: pytest.Pytester) -> None:
     """A marker with a dict and keywords raises both limits for the task."""
     result = run(project, *BUDGETS, "test_shop.py::test_reprice_task_raised")
