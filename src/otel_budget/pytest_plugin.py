@@ -6,22 +6,28 @@ marker and does nothing else.
 
 from __future__ import annotations
 
+import importlib
+import logging
 import os
 import threading
 import time
 from collections.abc import Generator, Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
 
 from otel_budget import names
+from otel_budget.activation import install, is_enabled
+from otel_budget.config import BudgetConfig, BudgetRule, ConfigError, load_config, validate_limits
+from otel_budget.processor import BudgetSpanProcessor
+from otel_budget.results import ScopeResult
 
-if TYPE_CHECKING:
-    from otel_budget.config import BudgetConfig
-    from otel_budget.processor import BudgetSpanProcessor
-    from otel_budget.results import ScopeResult
+__all__ = ["BudgetPlugin", "MarkedBudgets"]
 
-__all__ = ["BudgetPlugin"]
+logger = logging.getLogger(__name__)
 
 MARKER = "budget"
 PLUGIN_NAME = "otel_budget_session"
@@ -71,12 +77,8 @@ def pytest_configure(config: pytest.Config) -> None:
         if config.getoption("budgets_report"):
             raise pytest.UsageError("--budgets-report needs a budgets file: --budgets FILE or OTEL_BUDGET_CONFIG")
         return
-    from otel_budget.activation import is_enabled
-
     if not is_enabled():
         return
-    from otel_budget.config import ConfigError, load_config
-
     try:
         budgets = load_config(path)
     except ConfigError as exc:
@@ -172,8 +174,6 @@ def _wait_for_scopes(processor: BudgetSpanProcessor, open_before: int) -> None:
 
 def _marker_limits(item: pytest.Item) -> dict[str, float]:
     """The `@pytest.mark.budget` limits of `item`, the closest marker winning; fails the test on a bad one."""
-    from otel_budget.config import ConfigError, validate_limits
-
     limits: dict[str, float] = {}
     for marker in reversed(list(item.iter_markers(MARKER))):
         if len(marker.args) > 1 or (marker.args and not isinstance(marker.args[0], Mapping)):
@@ -186,24 +186,24 @@ def _marker_limits(item: pytest.Item) -> dict[str, float]:
     return limits
 
 
+@dataclass(frozen=True)
+class MarkedBudgets(BudgetConfig):
+    """A budgets file with a test's `@pytest.mark.budget` limits on top of every rule, as rule `code`."""
+
+    marker_limits: Mapping[str, float] = field(default_factory=dict)
+
+    def rule_for(self, kind: str, name: str | None, method: str | None = None) -> BudgetRule:
+        return super().rule_for(kind, name, method).overridden(names.RULE_CODE, self.marker_limits)
+
+
 def _with_code_limits(budgets: BudgetConfig, limits: Mapping[str, float]) -> BudgetConfig:
-    """`budgets` with `limits` put on top of every rule, as rule `code`."""
-    from otel_budget.config import BudgetConfig, BudgetRule
-
-    class MarkedBudgets(BudgetConfig):
-        def rule_for(self, kind: str, name: str | None, method: str | None = None) -> BudgetRule:
-            return super().rule_for(kind, name, method).overridden(names.RULE_CODE, limits)
-
-    return MarkedBudgets(source=budgets.source, sections=budgets.sections, routes=budgets.routes, tasks=budgets.tasks)
+    return MarkedBudgets(
+        source=budgets.source, sections=budgets.sections, routes=budgets.routes, tasks=budgets.tasks, marker_limits=limits
+    )
 
 
 def _set_up_tracing(path: str) -> tuple[BudgetSpanProcessor, str]:
     """Reuse the SDK TracerProvider if one is configured, else set one up; return our processor on it."""
-    from opentelemetry import trace
-    from opentelemetry.sdk.trace import TracerProvider
-
-    from otel_budget.activation import install
-
     provider = trace.get_tracer_provider()
     if hasattr(provider, "add_span_processor"):
         setup = "reusing the configured TracerProvider"
@@ -219,10 +219,10 @@ def _set_up_tracing(path: str) -> tuple[BudgetSpanProcessor, str]:
 
 def _instrument_installed() -> list[Any]:
     """Switch on the instrumentations whose library is installed and not yet instrumented."""
-    import importlib
-    import logging
-
-    from opentelemetry.instrumentation.dependencies import DependencyConflictError
+    try:
+        from opentelemetry.instrumentation.dependencies import DependencyConflictError
+    except ImportError:  # no instrumentation package installed (otel-budget without extras)
+        return []
 
     done = []
     for module_name, class_name in INSTRUMENTORS:
@@ -239,7 +239,7 @@ def _instrument_installed() -> list[Any]:
         except DependencyConflictError:
             continue  # the library itself is not installed (or not a supported version)
         except Exception:
-            logging.getLogger(__name__).exception("otel-budget: %s failed; not instrumented", class_name)
+            logger.exception("otel-budget: %s failed; not instrumented", class_name)
             continue
         done.append(instrumentor)
     return done
