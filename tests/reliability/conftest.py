@@ -74,6 +74,7 @@ def reliability_shop(shop_db: None) -> Iterator[tuple[kit.AppProcess, kit.AppPro
         service,
         RELIABILITY_FAULTS="1",
         RELIABILITY_CAPTURE_STATEMENT="1",
+        OTEL_PYTHON_DISABLED_INSTRUMENTATIONS="pymongo",  # instrumented by the app, with capture_statement
         RELIABILITY_STATE_AT_FORK="1",
         # gRPC channels do not survive fork; with --preload the exporter is created before it.
         OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",

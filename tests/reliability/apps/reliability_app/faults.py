@@ -77,12 +77,13 @@ def _with_broken_rules(config: BudgetConfig) -> BudgetConfig:
 
 
 def capture_mongo_statements() -> None:
-    """Re-instrument pymongo with `capture_statement=True`: filters with their values reach the spans."""
+    """Instrument pymongo with `capture_statement=True`: filters with their values reach the spans.
+
+    The app runs with OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=pymongo, so this is the only instrumentation.
+    """
     from opentelemetry.instrumentation.pymongo import PymongoInstrumentor
 
-    instrumentor = PymongoInstrumentor()
-    instrumentor.uninstrument()
-    instrumentor.instrument(capture_statement=True)
+    PymongoInstrumentor().instrument(capture_statement=True)
 
 
 def leave_state_for_fork() -> None:
