@@ -1,4 +1,7 @@
-"""Cheap per-process probes read at the start and end of every scope: RSS, peak RSS, thread CPU time."""
+"""Cheap per-process probes read at the start and end of every scope: RSS, peak RSS, thread CPU time.
+
+Costs on the benchmark machine: `benchmarks/run.py --only probes`, docs/benchmarks.md.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +9,7 @@ import os
 import sys
 import time
 
-__all__ = ["cpu_ns", "peak_rss_bytes", "rss_bytes"]
+__all__ = ["cpu_and_peak", "cpu_ns", "peak_rss_bytes", "rss_bytes"]
 
 cpu_ns = time.thread_time_ns
 
@@ -19,12 +22,34 @@ try:
     def peak_rss_bytes() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * _MAXRSS_UNIT
 
+    if hasattr(resource, "RUSAGE_THREAD"):  # Linux
+        _getrusage = resource.getrusage
+        _THREAD = resource.RUSAGE_THREAD
+
+        def cpu_and_peak() -> tuple[int, int]:
+            """This thread's CPU time (ns, µs resolution) and the process's peak RSS (bytes): one syscall.
+
+            Linux fills `ru_maxrss` with the whole process's high-water mark for RUSAGE_THREAD too.
+            """
+            usage = _getrusage(_THREAD)
+            return round((usage.ru_utime + usage.ru_stime) * 1e6) * 1000, usage.ru_maxrss * 1024
+
+    else:  # pragma: no cover - macOS, BSD
+
+        def cpu_and_peak() -> tuple[int, int]:
+            """This thread's CPU time (ns) and the process's peak RSS (bytes)."""
+            return cpu_ns(), peak_rss_bytes()
+
 except ImportError:  # pragma: no cover - Windows
 
     def peak_rss_bytes() -> int:
         import psutil
 
         return int(getattr(psutil.Process().memory_info(), "peak_wset", 0))
+
+    def cpu_and_peak() -> tuple[int, int]:
+        """This thread's CPU time (ns) and the process's peak RSS (bytes)."""
+        return cpu_ns(), peak_rss_bytes()
 
 
 class _StatmReader:

@@ -6,7 +6,7 @@ import re
 
 from otel_budget.names import STATEMENT_MAX_CHARS
 
-__all__ = ["normalize_mongo", "normalize_sql", "truncate"]
+__all__ = ["SQL_CACHE", "normalize_mongo", "normalize_sql", "truncate"]
 
 _COMMENTS = re.compile(r"/\*.*?\*/|--[^\n]*", re.S)
 _SQL_LITERALS = re.compile(
@@ -34,13 +34,17 @@ _MONGO_LITERALS = re.compile(
 )
 _MONGO_LIST = re.compile(r"\[\s*\?(?:\s*,\s*\?)*\s*\]")
 
-_CACHE: dict[tuple[str, str], str] = {}
+# Raw text -> normalised text, per kind (no tuple key to build per lookup); 4096 entries in all.
+# The processor reads SQL_CACHE directly: a repeated statement costs one dict lookup, no call.
+SQL_CACHE: dict[str, str] = {}
+_SQL_CACHE = SQL_CACHE
+_MONGO_CACHE: dict[str, str] = {}
 _CACHE_MAX = 4096
 
 
 def normalize_sql(statement: str) -> str:
     """`SELECT * FROM t WHERE id = 42 AND name IN ('a', 'b')` -> `SELECT * FROM t WHERE id = ? AND name IN (?)`."""
-    cached = _CACHE.get(("sql", statement))
+    cached = _SQL_CACHE.get(statement)
     if cached is not None:
         return cached
     text = _COMMENTS.sub(" ", statement)
@@ -48,13 +52,13 @@ def normalize_sql(statement: str) -> str:
     text = _SPACES.sub(" ", text).strip()
     text = _IN_LIST.sub("(?)", text)
     text = _VALUES_LIST.sub(r"\1", text)
-    return _remember(("sql", statement), text)
+    return _remember(_SQL_CACHE, statement, text)
 
 
 def normalize_mongo(operation: str, collection: str, statement: str) -> str:
     """`find` on `users` with `{'email': 'a@b.c'}` -> `find users {'email': ?}` (the filter's shape only)."""
-    key = ("mongo", f"{operation}\0{collection}\0{statement}")
-    cached = _CACHE.get(key)
+    key = f"{operation}\0{collection}\0{statement}"
+    cached = _MONGO_CACHE.get(key)
     if cached is not None:
         return cached
     shape = ""
@@ -63,7 +67,7 @@ def normalize_mongo(operation: str, collection: str, statement: str) -> str:
         shape = _MONGO_LITERALS.sub(_mongo_literal, statement[brace:])
         shape = _MONGO_LIST.sub("[?]", _SPACES.sub(" ", shape))
     text = " ".join(part for part in (operation, collection, shape) if part)
-    return _remember(key, text)
+    return _remember(_MONGO_CACHE, key, text)
 
 
 def _mongo_literal(match: re.Match[str]) -> str:
@@ -74,8 +78,9 @@ def truncate(statement: str, limit: int = STATEMENT_MAX_CHARS) -> str:
     return statement if len(statement) <= limit else statement[: limit - 1] + "…"
 
 
-def _remember(key: tuple[str, str], value: str) -> str:
-    if len(_CACHE) >= _CACHE_MAX:
-        _CACHE.clear()
-    _CACHE[key] = value
+def _remember(cache: dict[str, str], key: str, value: str) -> str:
+    if len(_SQL_CACHE) + len(_MONGO_CACHE) >= _CACHE_MAX:
+        _SQL_CACHE.clear()
+        _MONGO_CACHE.clear()
+    cache[key] = value
     return value

@@ -15,10 +15,12 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any
 
 from opentelemetry import context as context_api
 from opentelemetry import trace
+from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.trace import SpanKind
 
@@ -26,6 +28,7 @@ from otel_budget import _probes, names
 from otel_budget._metrics import BudgetMetrics
 from otel_budget._ratelimit import log_exception
 from otel_budget.config import BudgetConfig, BudgetRule
+from otel_budget.normalize import SQL_CACHE as _SQL_CACHE
 from otel_budget.normalize import normalize_mongo, normalize_sql, truncate
 from otel_budget.results import ScopeResult, Violation
 
@@ -46,6 +49,21 @@ _SQL_SYSTEMS = frozenset(
 )
 _MAX_STATEMENTS = 512  # distinct normalised statements remembered per scope
 _running_loop = asyncio._get_running_loop  # the C function; ~30 ns
+_rss_bytes = _probes.rss_bytes
+_cpu_and_peak = _probes.cpu_and_peak
+_get_ident = threading.get_ident
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+_NO_SYSTEM_LIMITS: Mapping[str, tuple[float, float]] = MappingProxyType({})
+# What a rule's limits mean for the hot path, computed once per rule (see `_compile`).
+_Compiled = tuple[tuple[float, float, float, float, float, float], Mapping[str, tuple[float, float]]]
+_LIMIT_SLOTS = (
+    ("lim_queries", names.DB_QUERIES, 1.0),
+    ("lim_db_ns", names.DB_DURATION_MS, 1e6),
+    ("lim_repeat", names.DB_REPEATED_QUERIES, 1.0),
+    ("lim_external", names.EXTERNAL_CALLS, 1.0),
+    ("lim_external_ns", names.EXTERNAL_DURATION_MS, 1e6),
+    ("lim_tasks", names.TASKS_ENQUEUED, 1.0),
+)
 
 Listener = Callable[[ScopeResult], None]
 
@@ -71,13 +89,12 @@ class ScopeTally:
         self.lock = threading.Lock()
         self.rule: BudgetRule | None = None
         self.rule_final = False
-        self.code_limits: dict[str, float] = {}
+        self.code_limits: dict[str, float] | None = None  # dicts that most scopes never need start as None
         self.start_ns: int = span.start_time or time.time_ns()
-        self.rss_start = _probes.rss_bytes()
-        self.peak_start = _probes.peak_rss_bytes()
+        self.rss_start = _rss_bytes()
         # Thread CPU time means nothing for a coroutine sharing its thread with others.
-        self.thread_id = threading.get_ident() if _running_loop() is None else 0
-        self.cpu_start = _probes.cpu_ns()
+        self.thread_id = _get_ident() if _running_loop() is None else 0
+        self.cpu_start, self.peak_start = _cpu_and_peak()
         self.db_queries = 0
         self.db_ns = 0
         self.systems: dict[str, list[int]] = {}  # system -> [queries, ns]
@@ -87,10 +104,10 @@ class ScopeTally:
         self.external_calls = 0
         self.external_ns = 0
         self.tasks_enqueued = 0
-        self.crossed: dict[str, int] = {}  # metric -> time the limit was crossed
+        self.crossed: dict[str, int] | None = None  # metric -> time the limit was crossed
         self.lim_queries = self.lim_db_ns = self.lim_repeat = INF
         self.lim_external = self.lim_external_ns = self.lim_tasks = INF
-        self.lim_systems: dict[str, tuple[float, float]] = {}
+        self.lim_systems = _NO_SYSTEM_LIMITS
 
     def count_db(self, system: str, key: str, ns: int, end_ns: int) -> None:
         with self.lock:
@@ -140,32 +157,24 @@ class ScopeTally:
 
     def apply_rule(self, rule: BudgetRule, now_ns: int) -> None:
         """Put `rule`'s limits in force; a limit newly exceeded by what is counted counts as crossed `now_ns`."""
+        scalars, systems = _compile(rule.limits)
         with self.lock:
-            old = self.rule.limits if self.rule is not None else {}
+            old = self.rule.limits if self.rule is not None else _EMPTY
             self.rule = rule
-            limits = rule.limits
-            for metric in [m for m in self.crossed if limits.get(m) != old.get(m)]:
-                del self.crossed[metric]
             crossed = self.crossed
-
-            def limit(metric: str, scale: float = 1.0) -> float:
-                return INF if metric in crossed else limits.get(metric, INF) * scale
-
-            self.lim_queries = limit(names.DB_QUERIES)
-            self.lim_db_ns = limit(names.DB_DURATION_MS, 1e6)
-            self.lim_repeat = limit(names.DB_REPEATED_QUERIES)
-            self.lim_external = limit(names.EXTERNAL_CALLS)
-            self.lim_external_ns = limit(names.EXTERNAL_DURATION_MS, 1e6)
-            self.lim_tasks = limit(names.TASKS_ENQUEUED)
-            self.lim_systems = {}
-            for metric in limits:
-                if metric.startswith("db.") and metric.count(".") >= 2:
-                    system = metric[3:].rsplit(".", 1)[0]
-                    self.lim_systems[system] = (
-                        limits.get(names.db_queries_metric(system), INF),
-                        limits.get(names.db_duration_metric(system), INF) * 1e6,
-                    )
-            self._recheck(now_ns)
+            if crossed:
+                limits = rule.limits
+                for metric in [m for m in crossed if limits.get(m) != old.get(m)]:
+                    del crossed[metric]
+            (self.lim_queries, self.lim_db_ns, self.lim_repeat,
+             self.lim_external, self.lim_external_ns, self.lim_tasks) = scalars  # fmt: skip
+            if crossed:
+                for attr, metric, _ in _LIMIT_SLOTS:
+                    if metric in crossed:
+                        setattr(self, attr, INF)
+            self.lim_systems = systems
+            if self.db_queries or self.external_calls or self.tasks_enqueued:
+                self._recheck(now_ns)
 
     def recheck(self, now_ns: int) -> None:
         """Compare what is counted with the limits in force (after counts were added in bulk)."""
@@ -189,6 +198,8 @@ class ScopeTally:
                 self._cross_system(system, per_system, now_ns)
 
     def _cross(self, metric: str, at_ns: int) -> None:
+        if self.crossed is None:
+            self.crossed = {}
         self.crossed.setdefault(metric, at_ns)
 
     def _cross_system(self, system: str, per_system: list[int], at_ns: int) -> None:
@@ -222,25 +233,30 @@ class ScopeTally:
 class _EndScope:
     """Installed as the scope span's own `end`: finishes the tally while the span can still be written."""
 
-    __slots__ = ("processor", "tally", "original")
+    __slots__ = ("processor", "tally", "span", "original")
 
-    def __init__(self, processor: BudgetSpanProcessor, tally: ScopeTally, original: Callable[..., None]) -> None:
+    def __init__(
+        self, processor: BudgetSpanProcessor, tally: ScopeTally, span: Span, original: Callable[..., None] | None
+    ) -> None:
         self.processor = processor
         self.tally = tally
-        self.original = original
+        self.span = span
+        self.original = original  # an `end` someone set on the instance before us; usually the class's
 
     def __call__(self, end_time: int | None = None) -> None:
         tally = self.tally
-        span = tally.span
-        if span is not None:
-            span.__dict__.pop("end", None)
+        span = self.span
+        span.__dict__.pop("end", None)
         end_ns = end_time if end_time is not None else time.time_ns()
         if not tally.closed:
             try:
                 self.processor._finish(tally, end_ns, writable=True)
             except Exception:
                 log_exception(logger, "otel-budget: could not finish a scope; its span is exported without budgets")
-        self.original(end_ns)
+        if self.original is not None:
+            self.original(end_ns)
+        else:
+            type(span).end(span, end_ns)
 
 
 class BudgetSpanProcessor(SpanProcessor):
@@ -293,28 +309,37 @@ class BudgetSpanProcessor(SpanProcessor):
 
     def set_code_limits(self, tally: ScopeTally, limits: Mapping[str, float]) -> None:
         """In-code budgets (decorator, context manager): they win over the file."""
-        tally.code_limits.update(limits)
+        tally.code_limits = {**(tally.code_limits or {}), **limits}
         self._resolve(tally, time.time_ns())
 
     # -- SpanProcessor --------------------------------------------------------------------------------
+    # This is the whole per-span cost: on_start one dict lookup (one insert inside a scope), on_end
+    # one pop and, for a counted span, a few additions under the scope's lock. The SDK's span fields
+    # are read directly (`_parent`, `_kind`, `_context`, `_attributes`): each public property costs a
+    # call, and `span.attributes` a new MappingProxy per read. A SpanContext is, by its declared type,
+    # the tuple (trace_id, span_id, is_remote, ...): indexing it saves a property call per field.
     def on_start(self, span: Span, parent_context: context_api.Context | None = None) -> None:
         try:
-            parent = span.parent
-            if parent is None or parent.is_remote:
-                kind = span.kind
+            parent = span._parent
+            attributes = span._attributes
+            scope_name = (
+                attributes._dict if type(attributes) is BoundedAttributes else _attributes(span)
+            ).get(names.SCOPE_NAME)
+            if parent is None or parent[2]:  # no parent or a remote one: a new scope?
+                kind = span._kind
                 if kind is _SERVER:
-                    self._open(span, names.RULE_HTTP, span.name, None)
+                    self._open(span, names.RULE_HTTP, span._name, None)
                 elif kind is _CONSUMER:
-                    name = span.name
+                    name = span._name
                     self._open(span, names.RULE_CELERY, name[4:] if name.startswith("run/") else name, None)
-                elif span.attributes and names.SCOPE_NAME in span.attributes:
-                    self._open(span, names.RULE_SCOPE, str(span.attributes[names.SCOPE_NAME]), None)
+                elif scope_name is not None:
+                    self._open(span, names.RULE_SCOPE, str(scope_name), None)
                 return
-            tally = self._spans.get(parent.span_id)
-            if span.attributes and names.SCOPE_NAME in span.attributes:
-                self._open(span, names.RULE_SCOPE, str(span.attributes[names.SCOPE_NAME]), tally)
+            tally = self._spans.get(parent[1])
+            if scope_name is not None:
+                self._open(span, names.RULE_SCOPE, str(scope_name), tally)
             elif tally is not None:
-                self._spans[span.get_span_context().span_id] = tally
+                self._spans[span._context[1]] = tally  # type: ignore[index]
         except Exception:
             log_exception(logger, "otel-budget: on_start failed; this span is not counted")
 
@@ -322,7 +347,7 @@ class BudgetSpanProcessor(SpanProcessor):
         # Today (SDK 1.45) the span is already frozen here and `_EndScope` has done the work.
         # Should the SDK make it writable (open-telemetry/opentelemetry-python#5613), finish here.
         try:
-            tally = self._scopes.get(span.get_span_context().span_id)
+            tally = self._scopes.get(span._context[1])  # type: ignore[index]
             if tally is not None and not tally.closed and span.is_recording():
                 self._finish(tally, time.time_ns(), writable=True)
         except Exception:
@@ -330,20 +355,22 @@ class BudgetSpanProcessor(SpanProcessor):
 
     def on_end(self, span: ReadableSpan) -> None:
         try:
-            span_id = span.context.span_id
+            span_id = span._context[1]  # type: ignore[index]
             tally = self._spans.pop(span_id, None)
             if tally is None or tally.closed:
                 return
             if tally.span_id == span_id:  # the scope span ended without our `end`: read-only now
-                self._finish(tally, span.end_time or time.time_ns(), writable=False)
+                self._finish(tally, span._end_time or time.time_ns(), writable=False)
                 return
-            kind = span.kind
+            kind = span._kind
             if kind is _CLIENT:
-                self._count_client(tally, span)
+                attributes = span._attributes
+                self._count_client(
+                    tally, span, attributes._dict if type(attributes) is BoundedAttributes else _attributes(span)
+                )
             elif kind is _PRODUCER:
-                attributes = span.attributes or {}
-                if attributes.get(names.CELERY_ACTION) == "apply_async" or span.name.startswith("apply_async/"):
-                    tally.count_task(span.end_time or 0)
+                if _attributes(span).get(names.CELERY_ACTION) == "apply_async" or span._name.startswith("apply_async/"):
+                    tally.count_task(span._end_time or 0)
         except Exception:
             log_exception(logger, "otel-budget: on_end failed; this span is not counted")
 
@@ -354,14 +381,17 @@ class BudgetSpanProcessor(SpanProcessor):
         return True
 
     # -- internals ------------------------------------------------------------------------------------
-    def _count_client(self, tally: ScopeTally, span: ReadableSpan) -> None:
-        attributes = span.attributes or {}
-        end_ns = span.end_time or 0
-        ns = end_ns - (span.start_time or end_ns)
+    def _count_client(self, tally: ScopeTally, span: ReadableSpan, attributes: Mapping[str, Any]) -> None:
+        end_ns = span._end_time or 0
+        ns = end_ns - (span._start_time or end_ns)
         system = attributes.get("db.system.name") or attributes.get("db.system")
         if system:
-            system = system if isinstance(system, str) else "other"
-            key = _statement_key(system, attributes, span.name)
+            system = system if type(system) is str else "other"
+            statement = attributes.get("db.query.text") or attributes.get("db.statement")
+            # A statement seen before: its normalised text straight from the cache, no call.
+            key = _SQL_CACHE.get(statement) if type(statement) is str and system in _SQL_SYSTEMS else None
+            if key is None:
+                key = _statement_key(system, attributes, span._name)
             tally.count_db(system, key, ns, end_ns)
             if not tally.rule_final:
                 self._resolve(tally, end_ns)
@@ -376,7 +406,7 @@ class BudgetSpanProcessor(SpanProcessor):
         tally = ScopeTally(kind, name, span, parent)
         span_id = tally.span_id
         self._resolve(tally, tally.start_ns)
-        span.__dict__["end"] = _EndScope(self, tally, span.end)
+        span.__dict__["end"] = _EndScope(self, tally, span, span.__dict__.get("end"))
         self._scopes[span_id] = tally
         self._spans[span_id] = tally
 
@@ -385,7 +415,7 @@ class BudgetSpanProcessor(SpanProcessor):
         name: str | None = tally.name
         method = None
         if tally.kind == names.RULE_HTTP and tally.span is not None:
-            attributes = tally.span.attributes or {}
+            attributes = _attributes(tally.span)
             route = attributes.get(names.HTTP_ROUTE)
             method = _first(attributes, names.HTTP_METHOD)
             name = str(route) if route is not None else None
@@ -428,22 +458,23 @@ class BudgetSpanProcessor(SpanProcessor):
     def _result(self, tally: ScopeTally, span: Span, end_ns: int) -> ScopeResult:
         rule = tally.rule
         assert rule is not None
+        cpu_end, peak_end = _cpu_and_peak()
         values: dict[str, float] = {
-            names.DURATION_MS: round((end_ns - tally.start_ns) / 1e6, 3),
-            names.MEMORY_GROWTH_MB: round((_probes.rss_bytes() - tally.rss_start) / MIB, 3),
-            names.MEMORY_PEAK_GROWTH_MB: round((_probes.peak_rss_bytes() - tally.peak_start) / MIB, 3),
+            names.DURATION_MS: _ms(end_ns - tally.start_ns),
+            names.MEMORY_GROWTH_MB: _mib(_rss_bytes() - tally.rss_start),
+            names.MEMORY_PEAK_GROWTH_MB: _mib(peak_end - tally.peak_start),
             names.DB_QUERIES: tally.db_queries,
-            names.DB_DURATION_MS: round(tally.db_ns / 1e6, 3),
+            names.DB_DURATION_MS: _ms(tally.db_ns),
             names.DB_REPEATED_QUERIES: tally.max_repeat,
             names.EXTERNAL_CALLS: tally.external_calls,
-            names.EXTERNAL_DURATION_MS: round(tally.external_ns / 1e6, 3),
+            names.EXTERNAL_DURATION_MS: _ms(tally.external_ns),
             names.TASKS_ENQUEUED: tally.tasks_enqueued,
         }
-        if tally.thread_id and tally.thread_id == threading.get_ident():
-            values[names.CPU_MS] = round((_probes.cpu_ns() - tally.cpu_start) / 1e6, 3)
+        if tally.thread_id and tally.thread_id == _get_ident():
+            values[names.CPU_MS] = _ms(cpu_end - tally.cpu_start)
         for system, (queries, ns) in tally.systems.items():
             values[names.db_queries_metric(system)] = queries
-            values[names.db_duration_metric(system)] = round(ns / 1e6, 3)
+            values[names.db_duration_metric(system)] = _ms(ns)
         statement = truncate(tally.max_statement) if tally.max_statement else None
         violations = []
         for metric, limit in rule.limits.items():
@@ -455,11 +486,13 @@ class BudgetSpanProcessor(SpanProcessor):
                         limit=limit,
                         actual=actual,
                         rule=rule.sources.get(metric, rule.name),
-                        timestamp_ns=end_ns if metric in names.END_ONLY_METRICS else tally.crossed.get(metric, end_ns),
+                        timestamp_ns=end_ns
+                        if metric in names.END_ONLY_METRICS
+                        else (tally.crossed or _EMPTY).get(metric, end_ns),
                         statement=statement if metric == names.DB_REPEATED_QUERIES else None,
                     )
                 )
-        attributes = span.attributes or {}
+        attributes = _attributes(span)
         method = _first(attributes, names.HTTP_METHOD) if tally.kind == names.RULE_HTTP else None
         name = tally.name
         if tally.kind == names.RULE_HTTP and attributes.get(names.HTTP_ROUTE) is not None:
@@ -543,6 +576,48 @@ def _after_fork_in_child(ref: weakref.ref[BudgetSpanProcessor]) -> None:
         processor._after_fork()
 
 
+_COMPILED: dict[int, tuple[Mapping[str, float], _Compiled]] = {}
+
+
+def _compile(limits: Mapping[str, float]) -> _Compiled:
+    """A rule's limits as the hot path compares them (times in ns, `inf` when unset); cached per rule."""
+    entry = _COMPILED.get(id(limits))
+    if entry is not None and entry[0] is limits:  # the mapping is kept alive, so its id is not reused
+        return entry[1]
+    scalars = tuple(limits.get(metric, INF) * scale for _, metric, scale in _LIMIT_SLOTS)
+    systems: dict[str, tuple[float, float]] = {}
+    for metric in limits:
+        if metric.startswith("db.") and metric.count(".") >= 2:
+            system = metric[3:].rsplit(".", 1)[0]
+            systems[system] = (
+                limits.get(names.db_queries_metric(system), INF),
+                limits.get(names.db_duration_metric(system), INF) * 1e6,
+            )
+    compiled: _Compiled = (scalars, MappingProxyType(systems) if systems else _NO_SYSTEM_LIMITS)  # type: ignore[assignment]
+    if len(_COMPILED) >= 1024:
+        _COMPILED.clear()
+    _COMPILED[id(limits)] = (limits, compiled)
+    return compiled
+
+
+def _attributes(span: ReadableSpan) -> Mapping[str, Any]:
+    """A span's attributes, read-only, without the new MappingProxy that `span.attributes` makes per call."""
+    attributes = span._attributes
+    if type(attributes) is BoundedAttributes:  # the SDK's spans: a dict inside
+        return attributes._dict
+    return span.attributes or _EMPTY
+
+
+def _ms(ns: int) -> float:
+    """Nanoseconds as milliseconds to the µs (`round(x)` is several times cheaper than `round(x, 3)`)."""
+    return round(ns / 1000) / 1000
+
+
+def _mib(size: int) -> float:
+    """Bytes as MiB, to three decimals."""
+    return round(size / (MIB / 1000)) / 1000
+
+
 def _first(attributes: Mapping[str, Any], keys: tuple[str, ...]) -> Any:
     for key in keys:
         value = attributes.get(key)
@@ -553,13 +628,13 @@ def _first(attributes: Mapping[str, Any], keys: tuple[str, ...]) -> Any:
 
 def _statement_key(system: str, attributes: Mapping[str, Any], span_name: str) -> str:
     statement = attributes.get("db.query.text") or attributes.get("db.statement")
+    if statement and system in _SQL_SYSTEMS:
+        return normalize_sql(statement if type(statement) is str else str(statement))
     if system == "mongodb":
         text = str(statement or "")
         operation = str(_first(attributes, names.DB_OPERATION) or text.split(" ", 1)[0] or span_name)
         collection = str(_first(attributes, names.DB_COLLECTION) or "")
         return normalize_mongo(operation, collection, text)
-    if statement and system in _SQL_SYSTEMS:
-        return normalize_sql(str(statement))
     operation = _first(attributes, names.DB_OPERATION) or (str(statement).split(" ", 1)[0] if statement else span_name)
     return f"{system} {operation}"
 
