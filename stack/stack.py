@@ -874,6 +874,7 @@ def cmd_up(names: list[str]) -> int:
     with stack_lock():
         ensure_built([s.name for s in services])
         started: list[tuple[Service, int]] = []
+        running: list[Service] = []
         errors: list[str] = []
         for s in services:
             pid = s.our_pid()
@@ -884,9 +885,7 @@ def cmd_up(names: list[str]) -> int:
                 else:
                     owner = f"pid {pid}" if pid else f"not started by stack.py, pid {listener_pid(s.ports[0])}"
                     log(f"{s.name:<10} already running ({owner})")
-                    if isinstance(s, Prometheus):
-                        s.reload()
-                        log(f"{s.name:<10} configuration re-rendered and reloaded")
+                    running.append(s)
                     continue
             elif pid:
                 log(f"{s.name:<10} process {pid} is up but not healthy yet ({reason}); waiting")
@@ -916,12 +915,14 @@ def cmd_up(names: list[str]) -> int:
                     s.after_healthy()
                 except StackError as e:
                     errors.append(str(e))
-        for s in services:
-            if not any(s is x for x, _ in started) and s.health() is None:
-                try:
-                    s.after_healthy()
-                except StackError as e:
-                    errors.append(str(e))
+        for s in running:
+            try:
+                s.after_healthy()
+                if isinstance(s, Prometheus):  # pick up edits of dashboards/alerts.yml
+                    s.reload()
+                    log(f"{s.name:<10} configuration re-rendered and reloaded")
+            except StackError as e:
+                errors.append(str(e))
     if errors:
         for e in errors:
             print(f"\nERROR: {e}", file=sys.stderr)
