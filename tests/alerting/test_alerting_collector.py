@@ -6,7 +6,7 @@ import subprocess
 from pathlib import Path
 
 import yaml
-from conftest import COLLECTOR_CONFIG, REPO
+from alerting_stack import COLLECTOR_CONFIG, REPO
 
 COMPOSE_OVERRIDES = REPO / "dashboards" / "compose" / "collector-overrides.yaml"
 

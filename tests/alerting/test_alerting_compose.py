@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import COMPOSE
+from alerting_stack import COMPOSE
 
 # Host ports of the local stack (DESIGN.md "Real services", docs/stack.md) plus Grafana.
 EXPECTED_PORTS = {

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import yaml
-from conftest import DASHBOARD, REPO
+from alerting_stack import DASHBOARD, REPO
 
 DATASOURCE_REF = "${datasource}"
 

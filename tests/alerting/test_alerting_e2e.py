@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import yaml
 from budget_traffic import ORDERS_ROUTE, REPORTS_ROUTE, TASK_NAME, BudgetTraffic
-from conftest import ALERTS, DASHBOARD, PrometheusAPI
+from alerting_stack import ALERTS, DASHBOARD, PrometheusAPI
 
 SHORT_FOR = "5s"
 PIPELINE_SLACK_S = 5.0  # SDK flush + collector batch (1 s) + exporter, generously

@@ -7,7 +7,7 @@ import subprocess
 from typing import Any
 
 import yaml
-from conftest import ALERTS, ALERTS_TEST
+from alerting_stack import ALERTS, ALERTS_TEST
 
 
 def run(cmd: list[str]) -> str:
