@@ -109,10 +109,25 @@ class ScopeTally:
         self.lim_external = self.lim_external_ns = self.lim_tasks = INF
         self.lim_systems = _NO_SYSTEM_LIMITS
 
-    def count_db(self, system: str, key: str, ns: int, end_ns: int) -> None:
-        with self.lock:
-            self.db_queries += 1
-            self.db_ns += ns
+    def count_client(self, span: ReadableSpan, attributes: Mapping[str, Any]) -> bool:
+        """Count a finished CLIENT span as a query or an external call; False if it is neither."""
+        end_ns = span._end_time or 0
+        ns = end_ns - (span._start_time or end_ns)
+        system = attributes.get("db.system.name") or attributes.get("db.system")
+        if not system:
+            if "http.request.method" in attributes or "http.method" in attributes:
+                self.count_external(ns, end_ns)
+                return True
+            return False
+        system = system if type(system) is str else "other"
+        statement = attributes.get("db.query.text") or attributes.get("db.statement")
+        # A statement seen before: its normalised text straight from the cache, without a call.
+        key = _SQL_CACHE.get(statement) if type(statement) is str and system in _SQL_SYSTEMS else None
+        if key is None:
+            key = _statement_key(system, attributes, span._name)
+        with self.lock:  # inlined rather than a `count_db` call: this runs for every query
+            queries = self.db_queries = self.db_queries + 1
+            db_ns = self.db_ns = self.db_ns + ns
             per_system = self.systems.get(system)
             if per_system is None:
                 per_system = self.systems[system] = [0, 0]
@@ -125,10 +140,10 @@ class ScopeTally:
             if repeats > self.max_repeat:
                 self.max_repeat = repeats
                 self.max_statement = key
-            if self.db_queries > self.lim_queries:
+            if queries > self.lim_queries:
                 self._cross(names.DB_QUERIES, end_ns)
                 self.lim_queries = INF
-            if self.db_ns > self.lim_db_ns:
+            if db_ns > self.lim_db_ns:
                 self._cross(names.DB_DURATION_MS, end_ns)
                 self.lim_db_ns = INF
             if repeats > self.lim_repeat:
@@ -136,6 +151,7 @@ class ScopeTally:
                 self.lim_repeat = INF
             if self.lim_systems and system in self.lim_systems:
                 self._cross_system(system, per_system, end_ns)
+        return True
 
     def count_external(self, ns: int, end_ns: int) -> None:
         with self.lock:
@@ -365,9 +381,11 @@ class BudgetSpanProcessor(SpanProcessor):
             kind = span._kind
             if kind is _CLIENT:
                 attributes = span._attributes
-                self._count_client(
-                    tally, span, attributes._dict if type(attributes) is BoundedAttributes else _attributes(span)
+                counted = tally.count_client(
+                    span, attributes._dict if type(attributes) is BoundedAttributes else _attributes(span)
                 )
+                if counted and not tally.rule_final:
+                    self._resolve(tally, span._end_time or 0)
             elif kind is _PRODUCER:
                 if _attributes(span).get(names.CELERY_ACTION) == "apply_async" or span._name.startswith("apply_async/"):
                     tally.count_task(span._end_time or 0)
@@ -381,25 +399,6 @@ class BudgetSpanProcessor(SpanProcessor):
         return True
 
     # -- internals ------------------------------------------------------------------------------------
-    def _count_client(self, tally: ScopeTally, span: ReadableSpan, attributes: Mapping[str, Any]) -> None:
-        end_ns = span._end_time or 0
-        ns = end_ns - (span._start_time or end_ns)
-        system = attributes.get("db.system.name") or attributes.get("db.system")
-        if system:
-            system = system if type(system) is str else "other"
-            statement = attributes.get("db.query.text") or attributes.get("db.statement")
-            # A statement seen before: its normalised text straight from the cache, no call.
-            key = _SQL_CACHE.get(statement) if type(statement) is str and system in _SQL_SYSTEMS else None
-            if key is None:
-                key = _statement_key(system, attributes, span._name)
-            tally.count_db(system, key, ns, end_ns)
-            if not tally.rule_final:
-                self._resolve(tally, end_ns)
-        elif "http.request.method" in attributes or "http.method" in attributes:
-            tally.count_external(ns, end_ns)
-            if not tally.rule_final:
-                self._resolve(tally, end_ns)
-
     def _open(self, span: Span, kind: str, name: str, parent: ScopeTally | None) -> None:
         if len(self._scopes) >= self.max_open_scopes:
             self._evict_oldest()
