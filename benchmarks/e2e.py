@@ -1,0 +1,234 @@
+"""End to end: the example shop's `probe/queries/?pg=20&mongo=5` under gunicorn, driven by wrk.
+
+Three gunicorn servers run side by side on their own ports (this module starts and stops them; it
+never touches the shop that `examples/shop/processes.py` runs on :8000):
+
+- `none`: plain gunicorn, no OpenTelemetry;
+- `otel`: `opentelemetry-instrument gunicorn`, otel-budget installed but `OTEL_BUDGET_ENABLED=false`;
+- `otel+budget`: the same with otel-budget on (the shop's budgets.toml).
+
+wrk (one thread, a fixed number of connections) loads one server at a time; the configurations take
+turns, in a rotated order, for several rounds, so a busy machine slows them alike. Per round the
+ratios are taken against `otel` of the same round. Besides wrk's requests/s and latency, the CPU time
+the gunicorn processes used per request is read from /proc (steadier than wall time on a shared box).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from _common import summary
+
+REPO = Path(__file__).resolve().parent.parent
+SHOP_DIR = REPO / "examples" / "shop"
+HOST = "127.0.0.1"
+CONFIGS = ("none", "otel", "otel+budget")
+BASELINE = "otel"
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+# wrk prints one JSON line when done: totals and latency percentiles (µs).
+WRK_SCRIPT = """
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    '{"requests": %d, "duration_us": %d, "p50_us": %d, "p90_us": %d, "p99_us": %d, "mean_us": %.1f, ' ..
+    '"socket_errors": %d, "non_2xx": %d}\\n',
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(90),
+    latency:percentile(99), latency.mean, e.connect + e.read + e.write + e.timeout, e.status))
+end
+"""
+
+
+def _port_open(port: int, host: str = HOST) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _process_tree_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of `pid` and its live children (gunicorn master + workers)."""
+    total = 0.0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(entry) == pid or int(fields[1]) == pid:  # fields[1] is the parent pid
+            total += (int(fields[11]) + int(fields[12])) / _CLK_TCK
+    return total
+
+
+class Server:
+    """One gunicorn serving the shop on its own port, in its own session (stopped as a group)."""
+
+    def __init__(self, config: str, port: int, *, workers: int, threads: int, exporter: str, log_dir: Path) -> None:
+        sys.path.insert(0, str(SHOP_DIR))
+        from processes import ShopProcesses  # the shop's own environment: settings, OTLP, budgets
+
+        self.config = config
+        self.port = port
+        bin_dir = Path(sys.executable).parent
+        env = ShopProcesses().app_env(f"bench-{config.replace('+', '-')}")
+        env.update(OTEL_TRACES_EXPORTER=exporter, OTEL_METRICS_EXPORTER=exporter)
+        argv = [
+            str(bin_dir / "gunicorn"), "shop.wsgi", "--bind", f"{HOST}:{port}",
+            "--workers", str(workers), "--worker-class", "gthread", "--threads", str(threads),
+            "--timeout", "60", "--graceful-timeout", "5", "--error-logfile", "-",
+        ]  # fmt: skip
+        if config == "none":
+            env = {k: v for k, v in env.items() if not k.startswith(("OTEL_", "OTEL_BUDGET_"))}
+        else:
+            argv.insert(0, str(bin_dir / "opentelemetry-instrument"))
+            env["OTEL_BUDGET_ENABLED"] = "true" if config == "otel+budget" else "false"
+        self.log_path = log_dir / f"gunicorn-{port}.log"
+        if _port_open(port):
+            raise RuntimeError(f"port {port} is taken; pick others with --e2e-port")
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                argv, env=env, cwd=SHOP_DIR, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )  # fmt: skip
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def wait_healthy(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                break
+            try:
+                with _OPENER.open(f"{self.url}/healthz/", timeout=1.0) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.3)
+        tail = self.log_path.read_text(errors="replace").splitlines()[-20:]
+        raise RuntimeError(f"gunicorn {self.config} on :{self.port} did not get healthy:\n" + "\n".join(tail))
+
+    def cpu_seconds(self) -> float:
+        return _process_tree_cpu(self.process.pid)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+
+def wrk(url: str, *, seconds: float, connections: int, script: Path) -> dict[str, float]:
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "10s", "-s", str(script), url],
+        check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
+    result["requests_per_s"] = result["requests"] / (result["duration_us"] / 1e6)
+    return result
+
+
+def setup_shop() -> None:
+    """Migrate and seed the shop's database (idempotent), as the shop's README says."""
+    env = dict(os.environ, PYTHONPATH=str(SHOP_DIR), DJANGO_SETTINGS_MODULE="shop.settings")
+    subprocess.run(
+        [sys.executable, str(SHOP_DIR / "manage.py"), "setup_shop"], check=True, env=env, cwd=SHOP_DIR,
+        capture_output=True,
+    )  # fmt: skip
+
+
+def run(
+    *,
+    rounds: int = 5,
+    duration: float = 10.0,
+    connections: int = 8,
+    pg: int = 20,
+    mongo: int = 5,
+    port: int = 8101,
+    workers: int = 2,
+    threads: int = 4,
+    exporter: str = "auto",
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """`rounds` rounds of `duration` s of wrk per configuration; medians and spreads over rounds."""
+    if shutil.which("wrk") is None:
+        raise RuntimeError("wrk not found: apt-get install wrk")
+    for name, service_port in (("PostgreSQL", 5432), ("FerretDB", 27017)):
+        if not _port_open(service_port):
+            raise RuntimeError(f"{name} is not on {HOST}:{service_port}: make stack")
+    if exporter == "auto":
+        exporter = "otlp" if _port_open(4317) else "none"
+    setup_shop()
+    log_dir = Path(tempfile.mkdtemp(prefix="otel-budget-bench-"))
+    script = log_dir / "report.lua"
+    script.write_text(WRK_SCRIPT)
+    path = f"/probe/queries/?pg={pg}&mongo={mongo}"
+    servers: dict[str, Server] = {}
+    try:
+        for index, config in enumerate(CONFIGS):
+            servers[config] = Server(
+                config, port + index, workers=workers, threads=threads, exporter=exporter, log_dir=log_dir
+            )
+        for server in servers.values():
+            server.wait_healthy()
+        for server in servers.values():  # warm-up: imports, connections, caches
+            wrk(server.url + path, seconds=3, connections=connections, script=script)
+        samples: dict[str, list[dict[str, float]]] = {config: [] for config in CONFIGS}
+        for number in range(rounds):
+            shift = number % len(CONFIGS)
+            for config in CONFIGS[shift:] + CONFIGS[:shift]:
+                server = servers[config]
+                cpu0 = server.cpu_seconds()
+                result = wrk(server.url + path, seconds=duration, connections=connections, script=script)
+                result["server_cpu_us_per_request"] = (server.cpu_seconds() - cpu0) / max(1, result["requests"]) * 1e6
+                result["loadavg_1m"] = os.getloadavg()[0]
+                samples[config].append(result)
+            log(
+                f"  e2e round {number + 1}/{rounds}: "
+                + ", ".join(f"{c} {samples[c][-1]['requests_per_s']:.1f} req/s" for c in CONFIGS)
+            )
+    finally:
+        for server in servers.values():
+            server.stop()
+    metrics = ("requests_per_s", "p50_us", "p99_us", "server_cpu_us_per_request")
+    ratios: dict[str, dict[str, Any]] = {}
+    for config in CONFIGS:
+        if config == BASELINE:
+            continue
+        ratios[config] = {
+            metric: summary([s[metric] / b[metric] for s, b in zip(samples[config], samples[BASELINE])])
+            for metric in metrics
+        }
+    return {
+        "url": path,
+        "rounds": rounds,
+        "duration_s": duration,
+        "connections": connections,
+        "gunicorn": {"workers": workers, "worker_class": "gthread", "threads": threads},
+        "exporter": exporter,
+        "errors": {c: sum(s["socket_errors"] + s["non_2xx"] for s in samples[c]) for c in CONFIGS},
+        "configs": {c: {m: summary([s[m] for s in samples[c]]) for m in metrics} for c in CONFIGS},
+        "ratios": ratios,
+        "samples": samples,
+        "logs": str(log_dir),
+    }

@@ -1,0 +1,188 @@
+"""Per span: the SDK's spans/s with a BatchSpanProcessor and a null exporter, with and without otel-budget.
+
+One scope is a SERVER span (Django's attributes, `http.route` set after start, like Django) with 20
+PostgreSQL CLIENT children made the way the dbapi instrumentation makes them (start, then
+`set_attributes`). Each configuration lives in its own worker process (no shared interpreter state);
+the parent runs them alternately in short bursts, so a busy machine slows all of them alike.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+if HERE not in sys.path:
+    sys.path.insert(0, HERE)
+
+from _common import DB_STATEMENTS, SERVER_ATTRIBUTES, NullExporter, db_attributes, summary  # noqa: E402
+from opentelemetry.sdk.metrics import MeterProvider  # noqa: E402
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader  # noqa: E402
+from opentelemetry.sdk.trace import TracerProvider  # noqa: E402
+from opentelemetry.sdk.trace.export import BatchSpanProcessor  # noqa: E402
+from opentelemetry.trace import SpanKind, Tracer  # noqa: E402
+
+from otel_budget import BudgetSpanProcessor  # noqa: E402
+
+SPANS_PER_SCOPE = 1 + len(DB_STATEMENTS)
+_SERVER = SpanKind.SERVER
+_CLIENT = SpanKind.CLIENT
+_DB = [db_attributes(statement) for statement in DB_STATEMENTS]
+
+# name -> (with our processor, its record_metrics)
+CONFIGS: dict[str, tuple[bool, bool]] = {
+    "otel": (False, False),
+    "otel+budget": (True, True),
+    "otel+budget,no-metrics": (True, False),
+}
+BASELINE = "otel"
+# Big enough that the exporter thread never falls behind and the SDK never drops (and logs) a span:
+# drops would make the faster configuration pay for warnings the slower one never reaches.
+QUEUE_SIZE = 1 << 16
+
+
+def one_scope(tracer: Tracer) -> None:
+    with tracer.start_as_current_span("GET products/", kind=_SERVER, attributes=SERVER_ATTRIBUTES) as server:
+        server.set_attribute("http.route", "products/")
+        for attributes in _DB:
+            with tracer.start_as_current_span("SELECT", kind=_CLIENT) as span:
+                if span.is_recording():
+                    span.set_attributes(attributes)
+        server.set_attribute("http.status_code", 200)
+
+
+def make_provider(with_budget: bool, record_metrics: bool) -> tuple[TracerProvider, MeterProvider]:
+    """The SDK as `opentelemetry-instrument` builds it: batch exporter first, our processor after it.
+
+    The MeterProvider is the SDK's (as under the distro), so recording our histograms costs what it costs.
+    """
+    meter_provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(NullExporter(), max_queue_size=QUEUE_SIZE))
+    if with_budget:
+        provider.add_span_processor(BudgetSpanProcessor(record_metrics=record_metrics, meter_provider=meter_provider))
+    return provider, meter_provider
+
+
+def worker(config: str) -> None:
+    """Serve `run N` requests on stdin: run N scopes, answer `<cpu s> <wall s>`; `quit` to stop."""
+    provider, meter_provider = make_provider(*CONFIGS[config])
+    tracer = provider.get_tracer("bench")
+    for _ in range(300):
+        one_scope(tracer)
+    gc.collect()
+    print("ready", flush=True)
+    for line in sys.stdin:
+        command, _, arg = line.partition(" ")
+        if command != "run":
+            break
+        scopes = int(arg)
+        wall0, cpu0 = time.perf_counter(), time.process_time()
+        for _ in range(scopes):
+            one_scope(tracer)
+        print(f"{time.process_time() - cpu0} {time.perf_counter() - wall0}", flush=True)
+    provider.shutdown()
+    meter_provider.shutdown()
+
+
+class Worker:
+    """One configuration in its own interpreter."""
+
+    def __init__(self, config: str, argv: list[str] | None = None) -> None:
+        self.config = config
+        self.process = subprocess.Popen(
+            argv or [sys.executable, os.path.abspath(__file__), "worker", config],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=HERE,
+        )
+        assert self.process.stdout is not None
+        if self.process.stdout.readline().strip() != "ready":
+            raise RuntimeError(f"per-span worker {config} did not start")
+
+    def run(self, scopes: int) -> tuple[float, float]:
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write(f"run {scopes}\n")
+        self.process.stdin.flush()
+        cpu, wall = self.process.stdout.readline().split()
+        return float(cpu), float(wall)
+
+    def close(self) -> None:
+        if self.process.stdin is not None:
+            self.process.stdin.write("quit\n")
+            self.process.stdin.close()
+        self.process.wait(timeout=60)
+
+
+def run(
+    *,
+    rounds: int = 7,
+    duration: float = 3.0,
+    burst: float = 0.05,
+    configs: list[str] | None = None,
+    workers: dict[str, Worker] | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """`rounds` rounds; in each, every configuration runs ~`duration` s in bursts of ~`burst` s, alternating."""
+    names = configs or list(CONFIGS)
+    pool = workers or {name: Worker(name) for name in names}
+    try:
+        # Size a burst from a first measurement of the slowest configuration.
+        per_scope = max(pool[name].run(20)[1] / 20 for name in names)
+        scopes = max(1, int(burst / per_scope))
+        bursts = max(1, int(duration / (scopes * per_scope)))
+        samples: dict[str, list[dict[str, float]]] = {name: [] for name in names}
+        ratios: dict[str, dict[str, list[float]]] = {
+            name: {"spans_per_s": [], "cpu_us_per_span": []} for name in names if name != BASELINE
+        }
+        for index in range(rounds):
+            cpu = dict.fromkeys(names, 0.0)
+            wall = dict.fromkeys(names, 0.0)
+            for number in range(bursts):
+                shift = (index + number) % len(names)
+                for name in names[shift:] + names[:shift]:  # rotate: no configuration always first
+                    burst_cpu, burst_wall = pool[name].run(scopes)
+                    cpu[name] += burst_cpu
+                    wall[name] += burst_wall
+            spans = scopes * bursts * SPANS_PER_SCOPE
+            this_round = {
+                name: {"spans_per_s": spans / wall[name], "cpu_us_per_span": cpu[name] / spans * 1e6} for name in names
+            }
+            for name in names:
+                samples[name].append(this_round[name])
+            if BASELINE in this_round:
+                base = this_round[BASELINE]
+                for name, ratio in ratios.items():
+                    ratio["spans_per_s"].append(this_round[name]["spans_per_s"] / base["spans_per_s"])
+                    ratio["cpu_us_per_span"].append(this_round[name]["cpu_us_per_span"] / base["cpu_us_per_span"])
+            log(
+                f"  per-span round {index + 1}/{rounds}: "
+                + ", ".join(f"{name} {this_round[name]['spans_per_s']:,.0f} spans/s" for name in names)
+            )
+    finally:
+        if workers is None:
+            for each in pool.values():
+                each.close()
+    return {
+        "spans_per_scope": SPANS_PER_SCOPE,
+        "rounds": rounds,
+        "duration_s": duration,
+        "scopes_per_burst": scopes,
+        "bursts_per_round": bursts,
+        "configs": {
+            name: {metric: summary([s[metric] for s in samples[name]]) for metric in ("spans_per_s", "cpu_us_per_span")}
+            for name in names
+        },
+        # Per round against the baseline of the same round; median and spread over the rounds.
+        "ratios": {name: {metric: summary(values) for metric, values in ratio.items()} for name, ratio in ratios.items()},
+    }
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["worker"]:
+    worker(sys.argv[2])
