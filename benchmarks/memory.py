@@ -40,9 +40,9 @@ def _varied_scope(tracer: Any, index: int) -> None:
 
 
 def growth_worker(config: str, scopes: int, checkpoints: list[int]) -> dict[str, Any]:
-    from per_span import CONFIGS, make_provider
+    from per_span import make_provider
 
-    provider, meter_provider = make_provider(*CONFIGS[config])
+    provider, meter_provider = make_provider(config)
     tracer = provider.get_tracer("bench")
     rss: dict[int, float] = {}
     for index in range(1, scopes + 1):

@@ -23,7 +23,7 @@ if HERE not in sys.path:
 from _common import DB_STATEMENTS, SERVER_ATTRIBUTES, NullExporter, db_attributes, summary  # noqa: E402
 from opentelemetry.sdk.metrics import MeterProvider  # noqa: E402
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader  # noqa: E402
-from opentelemetry.sdk.trace import TracerProvider  # noqa: E402
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider  # noqa: E402
 from opentelemetry.sdk.trace.export import BatchSpanProcessor  # noqa: E402
 from opentelemetry.trace import SpanKind, Tracer  # noqa: E402
 
@@ -34,12 +34,38 @@ _SERVER = SpanKind.SERVER
 _CLIENT = SpanKind.CLIENT
 _DB = [db_attributes(statement) for statement in DB_STATEMENTS]
 
-# name -> (with our processor, its record_metrics)
-CONFIGS: dict[str, tuple[bool, bool]] = {
-    "otel": (False, False),
-    "otel+budget": (True, True),
-    "otel+budget,no-metrics": (True, False),
+
+
+class NoopProcessor(SpanProcessor):
+    """Reference: what any extra span processor costs (the SDK calls on_start, _on_ending, on_end)."""
+
+
+class MapOnlyProcessor(SpanProcessor):
+    """Reference: the least a processor that knows each span's scope must do - one dict entry per open span."""
+
+    def __init__(self) -> None:
+        self.scopes: dict[int, int] = {}
+
+    def on_start(self, span: Span, parent_context: Any = None) -> None:
+        parent = span._parent
+        scope = self.scopes.get(parent[1]) if parent is not None else 1
+        if scope is not None:
+            self.scopes[span._context[1]] = scope  # type: ignore[index]
+
+    def on_end(self, span: ReadableSpan) -> None:
+        self.scopes.pop(span._context[1], None)  # type: ignore[index]
+
+
+Factory = Callable[[MeterProvider], "SpanProcessor | None"]
+# name -> the processor added after the batch exporter's (None: the SDK alone)
+CONFIGS: dict[str, Factory] = {
+    "otel": lambda meters: None,
+    "otel+budget": lambda meters: BudgetSpanProcessor(meter_provider=meters),
+    "otel+budget,no-metrics": lambda meters: BudgetSpanProcessor(record_metrics=False),
+    "ref: otel+noop-processor": lambda meters: NoopProcessor(),
+    "ref: otel+map-only-processor": lambda meters: MapOnlyProcessor(),
 }
+DEFAULT_CONFIGS = ("otel", "otel+budget", "otel+budget,no-metrics", "ref: otel+noop-processor", "ref: otel+map-only-processor")
 BASELINE = "otel"
 # Big enough that the exporter thread never falls behind and the SDK never drops (and logs) a span:
 # drops would make the faster configuration pay for warnings the slower one never reaches.
@@ -56,7 +82,7 @@ def one_scope(tracer: Tracer) -> None:
         server.set_attribute("http.status_code", 200)
 
 
-def make_provider(with_budget: bool, record_metrics: bool) -> tuple[TracerProvider, MeterProvider]:
+def make_provider(config: str) -> tuple[TracerProvider, MeterProvider]:
     """The SDK as `opentelemetry-instrument` builds it: batch exporter first, our processor after it.
 
     The MeterProvider is the SDK's (as under the distro), so recording our histograms costs what it costs.
@@ -64,14 +90,15 @@ def make_provider(with_budget: bool, record_metrics: bool) -> tuple[TracerProvid
     meter_provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
     provider = TracerProvider()
     provider.add_span_processor(BatchSpanProcessor(NullExporter(), max_queue_size=QUEUE_SIZE))
-    if with_budget:
-        provider.add_span_processor(BudgetSpanProcessor(record_metrics=record_metrics, meter_provider=meter_provider))
+    processor = CONFIGS[config](meter_provider)
+    if processor is not None:
+        provider.add_span_processor(processor)
     return provider, meter_provider
 
 
 def worker(config: str) -> None:
     """Serve `run N` requests on stdin: run N scopes, answer `<cpu s> <wall s>`; `quit` to stop."""
-    provider, meter_provider = make_provider(*CONFIGS[config])
+    provider, meter_provider = make_provider(config)
     tracer = provider.get_tracer("bench")
     for _ in range(300):
         one_scope(tracer)
@@ -130,7 +157,7 @@ def run(
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """`rounds` rounds; in each, every configuration runs ~`duration` s in bursts of ~`burst` s, alternating."""
-    names = configs or list(CONFIGS)
+    names = configs or list(DEFAULT_CONFIGS)
     pool = workers or {name: Worker(name) for name in names}
     try:
         # Size a burst from a first measurement of the slowest configuration.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import resource
 import time
 import timeit
 from collections.abc import Callable
@@ -20,8 +19,9 @@ def candidates() -> dict[str, Callable[[], Any]]:
         "rss: /proc/self/statm pread (ours)": _probes.rss_bytes,
         "rss: psutil memory_info": lambda: process.memory_info().rss,
         "peak rss: getrusage(RUSAGE_SELF)": _probes.peak_rss_bytes,
-        "peak rss: getrusage(RUSAGE_SELF) raw": lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
         "thread cpu: time.thread_time_ns": time.thread_time_ns,
+        "thread cpu + peak rss: thread_time_ns + getrusage(SELF)": lambda: (time.thread_time_ns(), _probes.peak_rss_bytes()),
+        "thread cpu + peak rss: getrusage(THREAD) (ours)": _probes.cpu_and_peak,
         "wall: time.time_ns (reference)": time.time_ns,
     }
 

@@ -108,11 +108,11 @@ def table(results: dict[str, Any]) -> str:
         add("")
         add(f"PER SPAN — SERVER span + {r['spans_per_scope'] - 1} PostgreSQL spans, BatchSpanProcessor + null exporter "
             f"({r['rounds']} rounds × {r['duration_s']} s per configuration)")  # fmt: skip
-        add(f"  {'configuration':26} {'spans/s':>22} {'CPU µs/span':>20} {'spans/s ratio':>22} {'CPU/span ratio':>22}")
+        add(f"  {'configuration':30} {'spans/s':>22} {'CPU µs/span':>20} {'spans/s ratio':>22} {'CPU/span ratio':>22}")
         for name, stats in r["configs"].items():
             ratio = r["ratios"].get(name)
             add(
-                f"  {name:26} {fmt_spread(stats['spans_per_s']):>22} {fmt_spread(stats['cpu_us_per_span'], '{:.2f}'):>20} "
+                f"  {name:30} {fmt_spread(stats['spans_per_s']):>22} {fmt_spread(stats['cpu_us_per_span'], '{:.2f}'):>20} "
                 f"{fmt_spread(ratio['spans_per_s'], '{:.3f}') if ratio else '1':>22} "
                 f"{fmt_spread(ratio['cpu_us_per_span'], '{:.3f}') if ratio else '1':>22}"
             )
@@ -153,7 +153,7 @@ def table(results: dict[str, Any]) -> str:
         add("")
         add("PROBES — µs per call (timeit, median [min–max] of repeats)")
         for name, stats in r["us_per_call"].items():
-            add(f"  {name:40} {fmt_spread(stats, '{:.3f}'):>24}")
+            add(f"  {name:56} {fmt_spread(stats, '{:.3f}'):>24}")
     return "\n".join(lines)
 
 
