@@ -7,8 +7,6 @@ import textwrap
 
 import pytest
 
-pytest_plugins = ["pytester"]
-
 SERVICES = {"PostgreSQL": ("127.0.0.1", 5432), "FerretDB": ("127.0.0.1", 27017)}
 
 SETTINGS = """
