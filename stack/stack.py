@@ -163,6 +163,16 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
+def pid_starttime(pid: int) -> str:
+    """Start time of a process (clock ticks since boot): with the pid, identifies it even
+    after a reboot or on a new machine where the same pid belongs to something else."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
 def pid_cmdline(pid: int) -> str:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
@@ -566,12 +576,20 @@ class Service:
 
     # -- pid bookkeeping
     def our_pid(self) -> int | None:
+        """pid from our pid file, if that very process (pid + start time) is still alive."""
         try:
             with open(self.pid_path) as f:
-                pid = int(f.read().split()[0])
+                fields = f.read().split()
+            pid = int(fields[0])
         except (OSError, ValueError, IndexError):
             return None
-        return pid if pid_alive(pid) else None
+        if not pid_alive(pid):
+            return None
+        if len(fields) > 1:
+            return pid if pid_starttime(pid) == fields[1] else None
+        # pid file without start time (older stack.py): the process must run our binary
+        argv0 = pid_cmdline(pid).split(" ", 1)[0]
+        return pid if argv0 == self.command()[0] else None
 
     def start(self) -> int:
         self.prepare()
@@ -583,7 +601,7 @@ class Service:
                                     stdin=subprocess.DEVNULL, start_new_session=True, close_fds=True,
                                     **self.popen_kwargs())
         with open(self.pid_path, "w") as f:
-            f.write(f"{proc.pid}\n")
+            f.write(f"{proc.pid} {pid_starttime(proc.pid)}\n")
         with open(self.fp_path, "w") as f:
             f.write(self.fingerprint())
         return proc.pid
@@ -646,6 +664,17 @@ class Postgres(Service):
         for d in (base, self.run_dir):
             os.makedirs(d, exist_ok=True)
             os.chown(d, pw.pw_uid, pw.pw_gid)
+        lock = os.path.join(self.data, "postmaster.pid")
+        if os.path.exists(lock) and not port_open(5432):
+            # Left by a postgres that was killed (session end, reboot): postgres refuses to
+            # start while the pid written there belongs to any live process.
+            try:
+                with open(lock) as f:
+                    old_pid = int(f.readline())
+            except (OSError, ValueError):
+                old_pid = 0
+            if not (pid_alive(old_pid) and "postgres" in pid_cmdline(old_pid)):
+                os.unlink(lock)
         if not os.path.exists(os.path.join(self.data, "PG_VERSION")):
             if os.path.exists(self.data):
                 shutil.rmtree(self.data)
@@ -770,14 +799,14 @@ class Collector(Service):
                               {"Content-Type": "application/json"})
             if code != 200:
                 return f"POST :4318/v1/traces -> {code} {body[:200]!r}"
-            for port in (8888, 8889):
-                code, _ = http("GET", f"http://127.0.0.1:{port}/metrics")
-                if code != 200:
-                    return f"GET :{port}/metrics -> {code}"
+            code, _ = http("GET", "http://127.0.0.1:8888/metrics")
+            if code != 200:
+                return f"GET :8888/metrics (own telemetry) -> {code}"
         except OSError as e:
             return f"{e}"
-        if not port_open(4317):
-            return "OTLP gRPC port 4317 closed"
+        for port, what in ((4317, "OTLP gRPC"), (8889, "prometheus exporter")):
+            if not port_open(port):
+                return f"{what} port {port} closed"
         return None
 
 
@@ -1024,6 +1053,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # e.g. `stack.py status | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":
