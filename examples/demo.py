@@ -236,8 +236,8 @@ def _where_next(scopes: list[ExportedSpan], jaeger: JaegerReader, services: tupl
     print(f"            {jaeger.api_link(example.trace_id)}")
     print(f"            {jaeger.base_url}/api/traces?service=shop&lookback=1h  (the shop's recent traces)")
     print("Prometheus  http://127.0.0.1:9090/alerts (alert rules: dashboards/alerts.yml), and e.g. the query")
-    print('            sum by (budget_metric, http_route, celery_task_name) '
-          '(budget_violations_total{otel_scope_name=~".*countconnector"})')  # fmt: skip
+    print("            sum by (budget_metric, http_route, celery_task_name) (max without (otel_scope_name, "
+          "otel_scope_version, otel_scope_schema_url) (budget_violations_total))")  # fmt: skip
     print(f"Collector   {PROMETHEUS_EXPORTER} (what Prometheus scrapes): budget_violations_total of "
           f"{', '.join(services)}, every run since the collector started,")  # fmt: skip
     print("            as the collector's count connector counts budget.exceeded events / as the apps' own counter:")
@@ -246,6 +246,9 @@ def _where_next(scopes: list[ExportedSpan], jaeger: JaegerReader, services: tupl
         print(f"            {events:5.0f} / {counter:<5.0f} {metric:<24} {where}")
     if not counts:
         print("            (none yet; the collector exports every few seconds)")
+    elif any(events < counter for events, counter in counts.values()):
+        print("            (where the first column is lower: the count connector emits deltas that the prometheus")
+        print("            exporter does not add up, open-telemetry/opentelemetry-collector-contrib#30203)")
 
 
 def _has_jaeger_ui(url: str) -> bool:

@@ -24,6 +24,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -213,6 +214,13 @@ class ShopProcesses:
         deadline = time.monotonic() + timeout
         for process in processes:
             self._wait_healthy(process, started[process.name], offsets[process.name], deadline)
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        """Let every gunicorn worker open its broker and database connections before the first real request."""
+        requests = self.web_workers * self.web_threads * 2
+        with ThreadPoolExecutor(self.web_workers * self.web_threads) as pool:
+            list(pool.map(lambda url: _http_ok(url, timeout=10.0), [f"{self.url}/healthz/?warm=1"] * requests))
 
     def stop(self) -> list[str]:
         """Stop what this runner started (worker first, so it does not pick up half a workload)."""
@@ -245,9 +253,9 @@ class ShopProcesses:
             return False
 
 
-def _http_ok(url: str) -> bool:
+def _http_ok(url: str, timeout: float = 1.0) -> bool:
     try:
-        with _OPENER.open(url, timeout=1.0) as response:
+        with _OPENER.open(url, timeout=timeout) as response:
             return bool(response.status == 200)
     except (OSError, urllib.error.URLError):
         return False
