@@ -36,10 +36,13 @@ def is_enabled() -> bool:
 def _max_open_scopes() -> int:
     raw = os.environ.get(names.ENV_MAX_SCOPES, "")
     try:
-        return int(raw) if raw else 10_000
+        value = int(raw) if raw else 10_000
     except ValueError:
-        logger.error("otel-budget: %s=%r is not an integer; using 10000", names.ENV_MAX_SCOPES, raw)
+        value = 0
+    if value < 1:
+        logger.error("otel-budget: %s=%r is not a positive integer; using 10000", names.ENV_MAX_SCOPES, raw)
         return 10_000
+    return value
 
 
 def load_config_or_default(path: str | None = None) -> tuple[BudgetConfig, str | None]:

@@ -172,7 +172,12 @@ def load_config(path: str | os.PathLike[str] | None = None) -> BudgetConfig:
         raise ConfigError(source, [ConfigProblem("", f"cannot read: {exc.strerror}")]) from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(source, [ConfigProblem("", f"not valid TOML: {exc}")]) from None
-    return parse_config(data, source=source)
+    except (RecursionError, ValueError) as exc:  # nested deeper than the stack; an integer of over 4300 digits
+        raise ConfigError(source, [ConfigProblem("", f"not usable TOML: {exc}")]) from None
+    try:
+        return parse_config(data, source=source)
+    except RecursionError:
+        raise ConfigError(source, [ConfigProblem("", "keys nested too deeply")]) from None
 
 
 def parse_config(data: Mapping[str, Any], *, source: str = "<string>") -> BudgetConfig:
