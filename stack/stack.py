@@ -346,6 +346,9 @@ def go_exe() -> str:
 
 def go_env() -> dict:
     env = dict(os.environ)
+    # the collector builder runs `go` from PATH
+    env["PATH"] = os.path.dirname(go_exe()) + os.pathsep + env.get("PATH", "")
+    env.setdefault("HOME", pwd.getpwuid(os.getuid()).pw_dir)  # go needs it for GOCACHE/GOPATH
     env.setdefault("GOFLAGS", "-buildvcs=false")
     return env
 
