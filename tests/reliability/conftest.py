@@ -7,7 +7,7 @@ junit property (`record_property`) and repeated in a section of pytest's termina
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
@@ -61,32 +61,16 @@ def shop_db(stack_services: None) -> None:
     kit.ensure_shop_database()
 
 
-@pytest.fixture(scope="session")
-def reliability_shop(shop_db: None) -> Iterator[tuple[kit.AppProcess, kit.AppProcess, str]]:
-    """The shop plus the reliability app: gunicorn (gthread, 3 workers, --preload) and a Celery
-    prefork worker (3 processes), with injected faults armed and MongoDB statements captured.
+@pytest.fixture
+def reliability_shop(shop_db: None) -> tuple[kit.AppProcess, kit.AppProcess, str]:
+    """(gunicorn, Celery worker, their service name) of the shared reliability shop."""
+    return kit.SharedShop.get()
 
-    Both parents hold an open scope, an open span and a read RSS descriptor when they fork.
-    Yields (web, worker, service name); both export under that service name.
-    """
-    service = kit.service_name("shop")
-    env = kit.app_env(
-        service,
-        RELIABILITY_FAULTS="1",
-        RELIABILITY_CAPTURE_STATEMENT="1",
-        OTEL_PYTHON_DISABLED_INSTRUMENTATIONS="pymongo",  # instrumented by the app, with capture_statement
-        RELIABILITY_STATE_AT_FORK="1",
-        # gRPC channels do not survive fork; with --preload the exporter is created before it.
-        OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
-        OTEL_EXPORTER_OTLP_ENDPOINT=f"http://{kit.HOST}:4318",
-    )
-    port = kit.free_port()
-    web = kit.AppProcess("web", kit.gunicorn_argv(port, workers=3, threads=8, preload=True), env, port)
-    worker = kit.AppProcess("worker", kit.celery_argv(3), env)
-    try:
-        web.start()
-        worker.start()
-        yield web, worker, service
-    finally:
-        worker.stop()
-        web.stop()
+
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    if nextitem is None or kit.HERE not in nextitem.path.parents:
+        kit.SharedShop.stop()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    kit.SharedShop.stop()

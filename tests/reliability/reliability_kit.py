@@ -247,6 +247,53 @@ def rss_mib(pid: int) -> float:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+class SharedShop:
+    """The shop plus the reliability app: gunicorn (gthread, 3 workers x 8 threads, --preload) and a
+    Celery prefork worker (3 processes), with injected faults armed and MongoDB statements captured.
+
+    Both parents hold an open scope, an open span and a read RSS descriptor when they fork.
+    Started on first use and stopped as soon as the run leaves tests/reliability.
+    """
+
+    running: tuple[AppProcess, AppProcess, str] | None = None
+
+    @classmethod
+    def get(cls) -> tuple[AppProcess, AppProcess, str]:
+        if cls.running is None:
+            service = service_name("shop")
+            env = app_env(
+                service,
+                RELIABILITY_FAULTS="1",
+                RELIABILITY_CAPTURE_STATEMENT="1",
+                OTEL_PYTHON_DISABLED_INSTRUMENTATIONS="pymongo",  # instrumented by the app, with capture_statement
+                RELIABILITY_STATE_AT_FORK="1",
+                # With --preload the exporter is created in the master, before fork: gRPC does not support
+                # using a channel across fork (without GRPC_ENABLE_FORK_SUPPORT); requests' HTTP does.
+                OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
+                OTEL_EXPORTER_OTLP_ENDPOINT=f"http://{HOST}:4318",
+            )
+            port = free_port()
+            web = AppProcess("web", gunicorn_argv(port, workers=3, threads=8, preload=True), env, port)
+            worker = AppProcess("worker", celery_argv(3), env)
+            try:
+                web.start()
+                worker.start()
+            except BaseException:
+                worker.stop()
+                web.stop()
+                raise
+            cls.running = (web, worker, service)
+        return cls.running
+
+    @classmethod
+    def stop(cls) -> None:
+        if cls.running is not None:
+            web, worker, _ = cls.running
+            cls.running = None
+            worker.stop()
+            web.stop()
+
+
 # --------------------------------------------------------------------------- HTTP
 
 

@@ -79,6 +79,7 @@ def test_forked_gunicorn_workers_start_clean_and_measure_their_own_memory(
 ) -> None:
     """Workers forked from a master holding an open scope and an RSS descriptor: no inherited scope, own RSS."""
     web, _, _ = reliability_shop
+    assert f"state left for fork: pid={web.pid} open_scopes=1" in web.log(), "the master held an open scope"
     states = {}
     for _ in range(40):  # sequential: each answer sees only its own request's scope open
         state = kit.get(f"{web.url}/rel/state/").json()
@@ -137,6 +138,7 @@ def test_celery_prefork_children_keep_their_counts_exact(
 ) -> None:
     """30 tasks with distinct counts over 3 prefork children forked from a parent holding an open scope."""
     _, worker, service = reliability_shop
+    assert f"state left for fork: pid={worker.pid} open_scopes=1" in worker.log(), "the parent held an open scope"
     client = Celery("reliability-client", broker=kit.BROKER_URL, backend=kit.RESULT_URL)
     tasks = 30
     sent = [client.send_task("reliability_app.tasks.probe", args=list(expected(i))) for i in range(tasks)]

@@ -6,6 +6,8 @@ rest of the app's scopes show whether otel-budget still measures exactly around 
 
 from __future__ import annotations
 
+import logging
+import os
 import re
 from typing import Any
 
@@ -94,6 +96,9 @@ def leave_state_for_fork() -> None:
     with trace.use_span(scope, end_on_exit=False):
         tracer.start_span("child-never-ended")
     _LEFT_OPEN.append(scope)
+    processor = otel_budget.install()
+    open_scopes = processor.open_scopes if processor is not None else 0
+    logging.getLogger("reliability").warning("state left for fork: pid=%d open_scopes=%d", os.getpid(), open_scopes)
 
 
 _LEFT_OPEN: list[Any] = []
