@@ -283,3 +283,34 @@ def test_concurrent_requests_at_the_cap_are_all_measured(
     assert failures == []
     assert len(goods) == 3 * per_thread
     assert wrong == []
+
+
+def test_many_distinct_long_statements_leave_memory_flat(
+    harness_factory: Callable[..., Harness], figure: Callable[[str, str], None]
+) -> None:
+    """Bulk inserts with inlined values (`execute_values`): every statement differs and is ~90 KB long."""
+    h = harness_factory(10_000, keep_results=False)
+    tracer = h.tracer
+    statements, warm_up = 400, 50
+
+    def bulk_insert(batch: int) -> None:
+        rows = ", ".join(f"('Customer {batch}-{n}', 'c{batch}.{n}@example.com')" for n in range(2000))
+        attributes = {"db.system": "postgresql", "db.statement": f"INSERT INTO store_customer (name, email) VALUES {rows}"}
+        with tracer.start_as_current_span("POST import/", kind=SpanKind.SERVER, attributes={"http.route": "import/"}):
+            with tracer.start_as_current_span("INSERT", kind=SpanKind.CLIENT, attributes=attributes):
+                pass
+
+    for batch in range(warm_up):
+        bulk_insert(batch)
+    at_warm_up = rss_mib()
+    started = time.perf_counter()
+    for batch in range(warm_up, statements):
+        bulk_insert(batch)
+    per_statement = (time.perf_counter() - started) / (statements - warm_up)
+    end = rss_mib()
+    figure(
+        "distinct long statements",
+        f"{statements} bulk inserts of ~94 KB: RSS after {warm_up} {at_warm_up:.1f} MiB, after {statements} "
+        f"{end:.1f} MiB ({end - at_warm_up:+.1f} MiB); {per_statement * 1000:.1f} ms per statement in the ending thread",
+    )
+    assert end - at_warm_up <= FLAT_MIB, "the normalisation cache keeps every raw statement (4096 entries of any length)"
