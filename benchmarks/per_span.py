@@ -120,7 +120,7 @@ def worker(config: str) -> None:
 class Worker:
     """One configuration in its own interpreter."""
 
-    def __init__(self, config: str, argv: list[str] | None = None) -> None:
+    def __init__(self, config: str, argv: list[str] | None = None, *, hash_seed: int = 0) -> None:
         self.config = config
         self.process = subprocess.Popen(
             argv or [sys.executable, os.path.abspath(__file__), "worker", config],
@@ -128,6 +128,7 @@ class Worker:
             stdout=subprocess.PIPE,
             text=True,
             cwd=HERE,
+            env=dict(os.environ, PYTHONHASHSEED=str(hash_seed)),
         )
         assert self.process.stdout is not None
         if self.process.stdout.readline().strip() != "ready":
@@ -153,22 +154,28 @@ def run(
     duration: float = 3.0,
     burst: float = 0.05,
     configs: list[str] | None = None,
-    workers: dict[str, Worker] | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """`rounds` rounds; in each, every configuration runs ~`duration` s in bursts of ~`burst` s, alternating."""
+    """`rounds` rounds; in each, every configuration runs ~`duration` s in bursts of ~`burst` s, alternating.
+
+    Every round starts fresh worker processes (one hash seed per round, the same for all configurations):
+    an interpreter's memory layout makes it a few per cent faster or slower for its whole life, and that
+    luck should land in the spread between rounds, not on one configuration.
+    """
     names = configs or list(DEFAULT_CONFIGS)
-    pool = workers or {name: Worker(name) for name in names}
+    pool: dict[str, Worker] = {}
+    scopes = bursts = 0
+    samples: dict[str, list[dict[str, float]]] = {name: [] for name in names}
+    ratios: dict[str, dict[str, list[float]]] = {
+        name: {"spans_per_s": [], "cpu_us_per_span": []} for name in names if name != BASELINE
+    }
     try:
-        # Size a burst from a first measurement of the slowest configuration.
-        per_scope = max(pool[name].run(20)[1] / 20 for name in names)
-        scopes = max(1, int(burst / per_scope))
-        bursts = max(1, int(duration / (scopes * per_scope)))
-        samples: dict[str, list[dict[str, float]]] = {name: [] for name in names}
-        ratios: dict[str, dict[str, list[float]]] = {
-            name: {"spans_per_s": [], "cpu_us_per_span": []} for name in names if name != BASELINE
-        }
         for index in range(rounds):
+            pool = {name: Worker(name, hash_seed=index + 1) for name in names}
+            if not scopes:  # size a burst from a first measurement of the slowest configuration
+                per_scope = max(pool[name].run(20)[1] / 20 for name in names)
+                scopes = max(1, int(burst / per_scope))
+                bursts = max(1, int(duration / (scopes * per_scope)))
             cpu = dict.fromkeys(names, 0.0)
             wall = dict.fromkeys(names, 0.0)
             for number in range(bursts):
@@ -192,10 +199,12 @@ def run(
                 f"  per-span round {index + 1}/{rounds}: "
                 + ", ".join(f"{name} {this_round[name]['spans_per_s']:,.0f} spans/s" for name in names)
             )
-    finally:
-        if workers is None:
             for each in pool.values():
                 each.close()
+            pool = {}
+    finally:
+        for each in pool.values():
+            each.close()
     return {
         "spans_per_scope": SPANS_PER_SCOPE,
         "rounds": rounds,
