@@ -11,9 +11,10 @@ Latency tolerance: the pooled p99 while down may exceed the pooled healthy p99 b
 noise this very test measured between its three identical healthy windows (the spread of their
 p99s). On a 2-core machine shared with other builds that spread is tens of ms (Jaeger being down,
 which the app cannot even see, moved p99 by as much); a request path that waited for the exporter
-would add at least OTEL_EXPORTER_OTLP_TIMEOUT (2 s), far beyond it. A latency failure must show
-again in a second, independent run before the test fails. CPU time per request (the workers'
-utime + stime, which other processes' load hardly moves) gets a tight 15 %, every run.
+would add at least OTEL_EXPORTER_OTLP_TIMEOUT (2 s), far beyond it. CPU time per request (the
+workers' utime + stime, which other processes' load moves less) may grow 15 %; between identical
+windows it varies by about 10 %. A latency or CPU failure must show again in a second, independent
+run before the test fails.
 """
 
 from __future__ import annotations
@@ -175,6 +176,10 @@ class Measurement:
     def latency_ok(self) -> bool:
         return kit.percentile(self.down, 99) <= self.p99_allowed_s
 
+    @property
+    def cpu_ok(self) -> bool:
+        return self.cpu_down_s <= self.cpu_healthy_s * CPU_TOLERANCE
+
     def describe(self) -> str:
         return (
             f"{self.requests} requests, statuses {sorted(map(str, self.statuses))}; healthy {kit.summary_ms(self.healthy)}; "
@@ -188,7 +193,7 @@ class Measurement:
 
 def check(shop: kit.AppProcess, service: str, figure: Callable[[str, str], None]) -> None:
     runs = [Measurement.of(*run_outage(shop, service))]
-    if not runs[0].latency_ok:  # a latency regression must show again in an independent second run
+    if not (runs[0].latency_ok and runs[0].cpu_ok):  # a regression must show again in an independent second run
         runs.append(Measurement.of(*run_outage(shop, service)))
 
     # Export resumes: a request made after the restart reaches Jaeger.
@@ -204,9 +209,9 @@ def check(shop: kit.AppProcess, service: str, figure: Callable[[str, str], None]
     for run in runs:
         assert run.statuses == {200}
         assert run.slowest_s < 1.0, "no request waited for the exporter"
-        assert run.cpu_down_s <= run.cpu_healthy_s * CPU_TOLERANCE
         assert run.rss_max_down - run.rss_before <= MEMORY_BOUND_MIB
     assert runs[-1].latency_ok
+    assert runs[-1].cpu_ok
 
 
 def test_collector_down_under_load(shop: kit.AppProcess, figure: Callable[[str, str], None]) -> None:
