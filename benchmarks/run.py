@@ -124,7 +124,7 @@ def table(results: dict[str, Any]) -> str:
         else:
             add(f"END TO END — GET {r['url']}, gunicorn {r['gunicorn']['workers']} workers × {r['gunicorn']['threads']} "
                 f"threads (gthread), wrk -c{r['connections']}, {r['rounds']} rounds × {r['duration_s']} s, "
-                f"exporter {r['exporter']}, errors {r['errors']}")  # fmt: skip
+                f"exporter {r['exporter']}, errors {r['errors']}, discarded rounds {r.get('discarded_rounds', 0)}")  # fmt: skip
             add(f"  {'configuration':14} {'req/s':>18} {'p50 ms':>18} {'p99 ms':>18} {'server CPU ms/req':>20}")
             for name, stats in r["configs"].items():
                 add(
