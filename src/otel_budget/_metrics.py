@@ -56,13 +56,14 @@ class BudgetMetrics:
     def _get_meter(self) -> metrics.Meter:
         if self._meter is None:
             provider = self._meter_provider or metrics.get_meter_provider()
-            self._meter = provider.get_meter(names.METER_NAME)
-            self._violations = self._meter.create_counter(
+            meter = provider.get_meter(names.METER_NAME)
+            self._violations = meter.create_counter(
                 names.INSTRUMENT_VIOLATIONS, unit="{violation}", description="otel-budget: budgets exceeded"
             )
-            self._evicted = self._meter.create_counter(
+            self._evicted = meter.create_counter(
                 names.INSTRUMENT_EVICTED, unit="{scope}", description="otel-budget: open scopes evicted unfinished"
             )
+            self._meter = meter  # last: another thread seeing it set finds the counters made
         return self._meter
 
 
