@@ -105,12 +105,13 @@ def _query(tracer: trace.Tracer) -> None:
         pass
 
 
-def _abandoned_request(tracer: trace.Tracer) -> None:
-    """A request whose span is never ended: one query done, one span left open inside it."""
+def _abandoned_request(tracer: trace.Tracer, open_children: int = 1) -> None:
+    """A request whose span is never ended: one query done, `open_children` spans left open inside it."""
     span = tracer.start_span("GET leak/", kind=SpanKind.SERVER, attributes={"http.route": "leak/"})
     with trace.use_span(span, end_on_exit=False):
         _query(tracer)
-        tracer.start_span("never-ended-child")
+        for _ in range(open_children):
+            tracer.start_span("never-ended-child")
 
 
 def _crashing_thread(tracer: trace.Tracer) -> None:
@@ -251,7 +252,7 @@ def test_concurrent_requests_at_the_cap_are_all_measured(
 
     def leak() -> None:
         for _ in range(per_thread):
-            _abandoned_request(tracer)
+            _abandoned_request(tracer, open_children=4)
 
     def good(offset: int) -> None:
         try:
