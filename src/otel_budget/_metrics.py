@@ -39,7 +39,9 @@ class BudgetMetrics:
                     names.PREFIX + metric, unit=_unit(metric), description=f"otel-budget: {metric} per scope"
                 )
                 self._histograms[metric] = histogram
-            histogram.record(value, attributes)
+            # Histograms take no negative values: memory that shrank is recorded as 0 growth here
+            # (the signed value stays on the span).
+            histogram.record(value if value >= 0 else 0, attributes)
         if result.violations:
             counter = self._violations
             assert counter is not None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from typing import Any
@@ -34,5 +35,10 @@ def log_exception(
 
 def reset() -> None:
     """Forget what was logged (tests; a forked child)."""
-    with _lock:
-        _last.clear()
+    global _lock
+    _lock = threading.Lock()  # after fork the parent's lock may be held by a thread that is gone
+    _last.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=reset)

@@ -7,6 +7,7 @@ import fnmatch
 import math
 import os
 import re
+import stat
 import sys
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -39,6 +40,8 @@ DEFAULT_LIMITS: Mapping[str, float] = {names.DB_REPEATED_QUERIES: 5}
 SECTIONS = {names.RULE_HTTP: "route", names.RULE_CELERY: "task", names.RULE_SCOPE: None}
 HTTP_METHODS = ("CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE")
 _OVERRIDE_KEYS = {"route": ("match", "method"), "task": ("match",)}
+# A budgets file is a few hundred bytes; anything this big is a mistake.
+MAX_FILE_BYTES = 1024 * 1024
 # Largest limit accepted: beyond this a float loses integer precision.
 MAX_LIMIT = 2.0**53
 
@@ -72,7 +75,7 @@ class ConfigError(ValueError):
     def __init__(self, source: str, problems: Iterable[ConfigProblem]) -> None:
         self.source = source
         self.problems = tuple(problems)
-        lines = [f"{source}: {p.key}: {p.message}" if p.key else f"{source}: {p.message}" for p in self.problems]
+        lines = [f"{source}: {_printable(p.key)}: {p.message}" if p.key else f"{source}: {p.message}" for p in self.problems]
         super().__init__("\n".join(lines))
 
 
@@ -164,10 +167,21 @@ def load_config(path: str | os.PathLike[str] | None = None) -> BudgetConfig:
         return BudgetConfig()
     source = os.fspath(path)
     try:
-        with open(source, "rb") as fh:
-            data = tomllib.load(fh)
+        # O_NONBLOCK: opening a FIFO nobody writes to must not hang the service's start.
+        fd = os.open(source, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with open(fd, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):  # a directory, a device (/dev/zero), a FIFO
+                raise ConfigError(source, [ConfigProblem("", "not a regular file")])
+            raw = fh.read(MAX_FILE_BYTES + 1)
+        if len(raw) > MAX_FILE_BYTES:
+            raise ConfigError(source, [ConfigProblem("", f"larger than {MAX_FILE_BYTES // 1024} KiB")])
+        data = tomllib.loads(raw.decode("utf-8"))
+    except ConfigError:
+        raise
     except FileNotFoundError:
         raise ConfigError(source, [ConfigProblem("", "file not found")]) from None
+    except IsADirectoryError:
+        raise ConfigError(source, [ConfigProblem("", "not a regular file")]) from None
     except OSError as exc:
         raise ConfigError(source, [ConfigProblem("", f"cannot read: {exc.strerror}")]) from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
@@ -337,6 +351,13 @@ def _choices(word: str, valid: Iterable[str]) -> str:
     shown = [v for v in valid if v.count(".") < 2 or v.startswith(("db.postgresql", "db.mongodb"))]
     extra = " (and db.<system>.queries / db.<system>.duration_ms for other systems)" if len(shown) < len(valid) else ""
     return f"{hint} (valid: {', '.join(shown)}{extra})"
+
+
+def _printable(key: str) -> str:
+    """A key with a line break or control character is quoted, so each problem stays on one line."""
+    if len(key.splitlines()) > 1 or any(ord(char) < 32 or ord(char) == 127 for char in key):
+        return repr(key)
+    return key
 
 
 def _type(value: Any) -> str:

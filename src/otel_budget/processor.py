@@ -29,7 +29,7 @@ from otel_budget._metrics import BudgetMetrics
 from otel_budget._ratelimit import log_exception
 from otel_budget.config import BudgetConfig, BudgetRule
 from otel_budget.normalize import SQL_CACHE as _SQL_CACHE
-from otel_budget.normalize import normalize_mongo, normalize_sql, truncate
+from otel_budget.normalize import normalize_mongo, normalize_sql, shorten
 from otel_budget.results import ScopeResult, Violation
 
 __all__ = ["BudgetSpanProcessor", "ScopeTally"]
@@ -75,7 +75,7 @@ class ScopeTally:
         "kind", "name", "span", "span_id", "parent", "closed", "lock", "rule", "rule_final", "code_limits",
         "start_ns", "rss_start", "peak_start", "cpu_start", "thread_id",
         "db_queries", "db_ns", "systems", "statements", "max_repeat", "max_statement",
-        "external_calls", "external_ns", "tasks_enqueued", "crossed",
+        "external_calls", "external_ns", "tasks_enqueued", "crossed", "open_spans",
         "lim_queries", "lim_db_ns", "lim_repeat", "lim_external", "lim_external_ns", "lim_tasks", "lim_systems",
     )  # fmt: skip
 
@@ -105,6 +105,7 @@ class ScopeTally:
         self.external_ns = 0
         self.tasks_enqueued = 0
         self.crossed: dict[str, int] | None = None  # metric -> time the limit was crossed
+        self.open_spans: set[int] = set()  # ids of its spans still open, dropped from the map at the end
         self.lim_queries = self.lim_db_ns = self.lim_repeat = INF
         self.lim_external = self.lim_external_ns = self.lim_tasks = INF
         self.lim_systems = _NO_SYSTEM_LIMITS
@@ -301,6 +302,7 @@ class BudgetSpanProcessor(SpanProcessor):
         self.evicted_scopes = 0
         self._spans: dict[int, ScopeTally] = {}  # open span id -> its scope's tally
         self._scopes: dict[int, ScopeTally] = {}  # open scope span id -> tally, oldest first
+        self._evict_lock = threading.Lock()
         self._listeners: list[Listener] = []
         self._metrics = BudgetMetrics(meter_provider) if record_metrics else None
         _PROCESSORS.add(self)
@@ -354,8 +356,10 @@ class BudgetSpanProcessor(SpanProcessor):
             tally = self._spans.get(parent[1])
             if scope_name is not None:
                 self._open(span, names.RULE_SCOPE, str(scope_name), tally)
-            elif tally is not None:
-                self._spans[span._context[1]] = tally  # type: ignore[index]
+            elif tally is not None and not tally.closed:
+                span_id = span._context[1]  # type: ignore[index]
+                self._spans[span_id] = tally
+                tally.open_spans.add(span_id)
         except Exception:
             log_exception(logger, "otel-budget: on_start failed; this span is not counted")
 
@@ -378,6 +382,7 @@ class BudgetSpanProcessor(SpanProcessor):
             if tally.span_id == span_id:  # the scope span ended without our `end`: read-only now
                 self._finish(tally, span._end_time or time.time_ns(), writable=False)
                 return
+            tally.open_spans.discard(span_id)
             kind = span._kind
             if kind is _CLIENT:
                 attributes = span._attributes
@@ -429,10 +434,19 @@ class BudgetSpanProcessor(SpanProcessor):
         else:
             tally.rule = rule
 
-    def _finish(self, tally: ScopeTally, end_ns: int, *, writable: bool) -> None:
+    def _forget(self, tally: ScopeTally) -> None:
+        """Drop a closed scope and its spans still open (they will never be counted) from the maps."""
         tally.closed = True
         self._scopes.pop(tally.span_id, None)
-        self._spans.pop(tally.span_id, None)
+        spans = self._spans
+        spans.pop(tally.span_id, None)
+        if tally.open_spans:
+            for span_id in list(tally.open_spans):
+                spans.pop(span_id, None)
+            tally.open_spans.clear()
+
+    def _finish(self, tally: ScopeTally, end_ns: int, *, writable: bool) -> None:
+        self._forget(tally)
         span = tally.span
         try:
             if span is None:
@@ -474,7 +488,10 @@ class BudgetSpanProcessor(SpanProcessor):
         for system, (queries, ns) in tally.systems.items():
             values[names.db_queries_metric(system)] = queries
             values[names.db_duration_metric(system)] = _ms(ns)
-        statement = truncate(tally.max_statement) if tally.max_statement else None
+        for system in tally.lim_systems:  # a budgeted system not touched: 0, not missing
+            values.setdefault(names.db_queries_metric(system), 0)
+            values.setdefault(names.db_duration_metric(system), 0.0)
+        statement = shorten(tally.max_statement) if tally.max_statement else None
         violations = []
         for metric, limit in rule.limits.items():
             actual = values.get(metric, 0)
@@ -538,19 +555,19 @@ class BudgetSpanProcessor(SpanProcessor):
             span.add_event(names.EVENT_EXCEEDED, event, timestamp=violation.timestamp_ns)
 
     def _evict_oldest(self) -> None:
-        span_id = next(iter(self._scopes), None)
-        if span_id is None:
-            return
-        tally = self._scopes.pop(span_id)
-        tally.closed = True
-        if tally.span is not None:
-            tally.span.__dict__.pop("end", None)
+        with self._evict_lock:  # two threads at the cap must not evict (or count) the same scope
+            try:
+                tally = self._scopes.pop(next(iter(self._scopes)), None)
+            except (StopIteration, RuntimeError):  # empty, or changed under us: nothing to evict now
+                return
+            if tally is None:
+                return
+            self.evicted_scopes += 1
+        self._forget(tally)
+        span = tally.span
+        if span is not None:
+            span.__dict__.pop("end", None)
             tally.span = None
-        self.evicted_scopes += 1
-        # Drop the map entries of the evicted scope's still-open spans.
-        stale = [key for key, value in self._spans.items() if value is tally]
-        for key in stale:
-            self._spans.pop(key, None)
         if self._metrics is not None:
             self._metrics.scope_evicted()
         log_exception(
@@ -567,6 +584,7 @@ class BudgetSpanProcessor(SpanProcessor):
         """A forked child inherits the parent's open scopes but will never end them."""
         self._spans = {}
         self._scopes = {}
+        self._evict_lock = threading.Lock()  # another thread may have held it at the fork
 
 
 def _after_fork_in_child(ref: weakref.ref[BudgetSpanProcessor]) -> None:

@@ -132,7 +132,10 @@ def check_file(path: Path) -> str:
         assert message.startswith(f"{path}: "), "the error names the file"
         assert error.problems, "the error lists what is wrong"
         for problem in error.problems:
-            assert f"{path}: {problem.key}: " in message if problem.key else problem.message in message
+            if problem.key:  # shown as is, or quoted when it holds a line break or control character
+                assert f"{path}: {problem.key}: " in message or f"{path}: {problem.key!r}: " in message
+            else:
+                assert problem.message in message
         return "error"
     assert isinstance(config, BudgetConfig)
     for kind, name, method in (("http", "reports/daily", "GET"), ("http", None, None), ("celery", "store.tasks.x", None), ("scope", "nightly", None)):

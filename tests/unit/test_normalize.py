@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from otel_budget.normalize import normalize_mongo, normalize_sql, truncate
+from otel_budget.normalize import NORMALIZE_MAX_CHARS, normalize_mongo, normalize_sql, shorten
 
 
 @pytest.mark.parametrize(
@@ -61,7 +61,49 @@ def test_no_literal_survives() -> None:
         assert "alice" not in text and "123456" not in text
 
 
-def test_truncate() -> None:
-    """Long statements are cut to the limit with an ellipsis."""
-    assert truncate("x" * 300, 200) == "x" * 199 + "…"
-    assert truncate("short", 200) == "short"
+def test_shorten_keeps_where_clause_of_long_select() -> None:
+    """Django's long column list gives way first, so the FROM/WHERE that identifies the loop is exported."""
+    columns = ", ".join(f'"store_orderline"."c{i}"' for i in range(30))
+    statement = f'SELECT {columns} FROM "store_orderline" WHERE "store_orderline"."order_id" = ?'
+    assert shorten(statement, 200) == 'SELECT … FROM "store_orderline" WHERE "store_orderline"."order_id" = ?'
+    assert shorten("short", 200) == "short"
+
+
+def test_shorten_cuts_the_middle_of_anything_else() -> None:
+    """Other long statements keep their start and their end."""
+    text = shorten("UPDATE t SET " + "a = ?, " * 100 + "z = ? WHERE id = ?", 60)
+    assert len(text) == 60
+    assert text.startswith("UPDATE t SET a = ?") and text.endswith("z = ? WHERE id = ?")
+
+
+@pytest.mark.parametrize(
+    ("statement", "expected"),
+    [
+        ("SELECT * FROM t WHERE a = 'x--bob@example.com' AND b = 1", "SELECT * FROM t WHERE a = ? AND b = ?"),
+        ("SELECT * FROM t WHERE a = 'p/*bob@example.com' AND b = 1", "SELECT * FROM t WHERE a = ? AND b = ?"),
+        ("SELECT * FROM t WHERE a = E'it\\'s bob@example.com' AND b = 1", "SELECT * FROM t WHERE a = ? AND b = ?"),
+        ("SELECT * FROM t WHERE a = 'it\\'s bob@example.com' AND b = 1", "SELECT * FROM t WHERE a = ? AND b = ?"),
+        ('SELECT * FROM t WHERE a = "bob@example.com"', "SELECT * FROM t WHERE a = ?"),
+        ("SELECT * FROM t WHERE a = 'bob@example.com", "SELECT * FROM t WHERE a = ?"),
+        ('SELECT "t"."id" FROM "t" /* it\'s */ WHERE "t"."a" = 1', 'SELECT "t"."id" FROM "t" WHERE "t"."a" = ?'),
+    ],
+)
+def test_literals_never_leak_through_comments_or_escapes(statement: str, expected: str) -> None:
+    """Comment markers inside literals, backslash escapes and unterminated literals still hide the data."""
+    assert normalize_sql(statement) == expected
+
+
+def test_long_statement_is_cut_before_normalising() -> None:
+    """Only the first NORMALIZE_MAX_CHARS are normalised; a literal cut there is still hidden."""
+    text = normalize_sql("INSERT INTO t VALUES ('" + "secret " * 2000 + "')")
+    assert text == "INSERT INTO t VALUES (? …"
+
+
+def test_unterminated_comments_are_linear() -> None:
+    """Many `/*` without `*/` do not make normalisation quadratic."""
+    import time
+
+    started = time.perf_counter()
+    normalize_sql("SELECT 1 " + "/*" * 20_000)
+    assert time.perf_counter() - started < 1.0
+    assert NORMALIZE_MAX_CHARS == 4096

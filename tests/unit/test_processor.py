@@ -304,6 +304,23 @@ def test_eviction_is_bounded_and_counted() -> None:
     assert len(tracing.processor._spans) == 200  # noqa: SLF001 - the bound is the point of this test
 
 
+def test_scope_ended_with_open_children_forgets_them(tracing: Tracing) -> None:
+    """Children that never end do not keep a finished scope's tally alive."""
+    with tracing.request():
+        for _ in range(5):
+            tracing.tracer.start_span("never ended")
+    assert len(tracing.processor._spans) == 0  # noqa: SLF001 - the leak is the point of this test
+
+
+def test_budgeted_system_not_touched_is_zero() -> None:
+    """A system with a limit appears as 0 when the scope made no query on it."""
+    tracing = make_tracing({"http": {"db.mongodb.queries": 3}})
+    with tracing.request():
+        tracing.db("SELECT 1")
+    attributes = tracing.span("GET items/").attributes
+    assert (attributes["budget.db.mongodb.queries"], attributes["budget.db.mongodb.duration_ms"]) == (0, 0.0)
+
+
 def test_config_error_is_shown_on_every_scope() -> None:
     """A processor started with a bad file marks every scope span with the reason."""
     tracing = make_tracing(config_error="budgets.toml: http.db.querys: unknown metric")
