@@ -57,13 +57,13 @@ PROMETHEUS_TEMPLATE = os.path.join(REPO_DIR, "stack", "prometheus.yml")
 ALERTS_FILE = os.path.join(REPO_DIR, "dashboards", "alerts.yml")
 
 # First-build times measured on this project's machine (2 cores, cold Go module and build
-# caches); see docs/stack.md. Only used for the progress messages.
+# caches, other test suites running beside it); see docs/stack.md. Only for progress messages.
 ESTIMATE = {
     "apt": "~1 min",
-    "ferretdb": "~3 min",
-    "jaeger": "~8 min",
-    "ocb": "~1 min",
-    "collector": "~5 min",
+    "ferretdb": "~2.5-3.5 min",
+    "jaeger": "~9-10.5 min",
+    "ocb": "~1-2 min",
+    "collector": "~6.5-8 min",
 }
 
 _T0 = time.monotonic()
@@ -374,7 +374,7 @@ def writable_copy(src: str, dst: str) -> None:
 
 def timed_build(label: str, key: str, fn) -> None:
     t = time.monotonic()
-    log(f"building {label} (first run only, {ESTIMATE[key]} on 2 cores)...")
+    log(f"building {label} (first run only, {ESTIMATE[key]} on 2 cores; about 21 min for all)...")
     fn()
     log(f"built {label} in {fmt_secs(time.monotonic() - t)}")
 
