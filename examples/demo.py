@@ -247,8 +247,8 @@ def _where_next(scopes: list[ExportedSpan], jaeger: JaegerReader, services: tupl
     if not counts:
         print("            (none yet; the collector exports every few seconds)")
     elif any(events < counter for events, counter in counts.values()):
-        print("            (where the first column is lower: the count connector emits deltas that the prometheus")
-        print("            exporter does not add up, open-telemetry/opentelemetry-collector-contrib#30203)")
+        print("            (where the first column is lower: events still in the collector's batch, or a batch the")
+        print("            delta_to_cumulative processor dropped as out of order; the apps' counter is exact)")
 
 
 def _has_jaeger_ui(url: str) -> bool:

@@ -167,12 +167,6 @@ def test_rules_count_each_violation_once(live: LiveRun, prometheus: PrometheusAP
     assert total(prometheus, promql) == VIOLATIONS_SENT
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="collector-config/config.yaml: the prometheus exporter keeps only the last count-connector delta "
-    "(it adds a delta only when its start time equals the previous point's time); needs the "
-    "delta_to_cumulative processor in the metrics pipeline (docs/alerting.md, 'Known issue')",
-)
 def test_count_connector_counts_every_event(live: LiveRun, prometheus: PrometheusAPI) -> None:
     """Every budget.exceeded event ends up in the count connector's budget_violations_total."""
     selector = f'service_name="{live.service}", otel_scope_name="{COUNT_CONNECTOR}"'
