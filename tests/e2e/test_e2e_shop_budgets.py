@@ -85,9 +85,9 @@ def test_n_plus_1_exports_one_repeated_queries_event(trace_of: Callable[..., Sho
     span = trace_of("orders_n_plus_1").request
     assert limits_and_actuals(span) == {"db.repeated_queries": (5, 20, "http")}
     event = events(span)["db.repeated_queries"]
-    statement = event.attributes["budget.statement"]  # normalised, cut to 200 characters
-    assert statement.startswith('SELECT "store_orderline"."id", "store_orderline"."order_id"')
-    assert len(statement) <= 200
+    # normalised; the long column list gives way so that the loop's FROM/WHERE fits in 200 characters
+    statement = event.attributes["budget.statement"]
+    assert statement == 'SELECT … FROM "store_orderline" WHERE "store_orderline"."order_id" = ?'
     assert event.attributes["http.route"] == "orders/" and event.attributes["http.request.method"] == "GET"
     assert span.start_us <= event.timestamp_us <= span.start_us + span.duration_us  # when the 6th repeat ended
     assert (span.budget["db.queries"], span.budget["db.repeated_queries"], span.budget["violations"]) == (21, 20, 1)

@@ -15,6 +15,11 @@ would add at least OTEL_EXPORTER_OTLP_TIMEOUT (2 s), far beyond it. CPU time per
 workers' utime + stime, which other processes' load moves less) may grow 15 %; between identical
 windows it varies by about 10 %. A latency or CPU failure must show again in a second, independent
 run before the test fails.
+
+The noise allowance is never below NOISE_FLOOR_S (25 ms): three p99s of ~120 requests each
+understate the spread, and on 2 cores the collector itself (retrying against a stopped Jaeger,
+logging) competes with the shop for the CPU. 25 ms is still 80 times less than the 2 s that a
+request waiting for the exporter would add, so that regression cannot pass.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ MEMORY_BOUND_MIB = 32.0
 EXPORT_TIMEOUT_S = float(kit.EXPORTER_ENV["OTEL_EXPORTER_OTLP_TIMEOUT"])  # seconds in exporter-otlp 1.45
 CPU_TOLERANCE = 1.15
 P99_TOLERANCE = 1.05
+NOISE_FLOOR_S = 0.025  # see the module docstring
 
 
 @pytest.fixture(scope="module")
@@ -171,7 +177,7 @@ class Measurement:
 
     @property
     def p99_allowed_s(self) -> float:
-        return kit.percentile(self.healthy, 99) * P99_TOLERANCE + self.noise_s
+        return kit.percentile(self.healthy, 99) * P99_TOLERANCE + max(self.noise_s, NOISE_FLOOR_S)
 
     @property
     def latency_ok(self) -> bool:
@@ -186,7 +192,7 @@ class Measurement:
             f"{self.requests} requests, statuses {sorted(map(str, self.statuses))}; healthy {kit.summary_ms(self.healthy)}; "
             f"down {kit.summary_ms(self.down)}; p99 {kit.percentile(self.healthy, 99) * 1000:.1f} -> "
             f"{kit.percentile(self.down, 99) * 1000:.1f} ms (allowed {self.p99_allowed_s * 1000:.1f} = +5% + "
-            f"healthy-window spread {self.noise_s * 1000:.1f}); worker CPU per request {self.cpu_healthy_s * 1000:.2f} -> "
+            f"max(healthy-window spread {self.noise_s * 1000:.1f}, floor {NOISE_FLOOR_S * 1000:.0f})); worker CPU per request {self.cpu_healthy_s * 1000:.2f} -> "
             f"{self.cpu_down_s * 1000:.2f} ms; worker RSS {self.rss_before:.1f} MiB before, max {self.rss_max_down:.1f} "
             f"MiB down ({self.rss_max_down - self.rss_before:+.1f})"
         )
