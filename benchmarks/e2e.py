@@ -7,10 +7,12 @@ never touches the shop that `examples/shop/processes.py` runs on :8000):
 - `otel`: `opentelemetry-instrument gunicorn`, otel-budget installed but `OTEL_BUDGET_ENABLED=false`;
 - `otel+budget`: the same with otel-budget on (the shop's budgets.toml).
 
-wrk (one thread, a fixed number of connections) loads one server at a time; the configurations take
-turns, in a rotated order, for several rounds, so a busy machine slows them alike. Per round the
-ratios are taken against `otel` of the same round. Besides wrk's requests/s and latency, the CPU time
-the gunicorn processes used per request is read from /proc (steadier than wall time on a shared box).
+wrk (one thread, a fixed number of connections) loads one server at a time, in bursts of a few
+seconds; the configurations take turns burst by burst, in a rotated order, so a busy machine slows
+them alike. A round is `duration` seconds per configuration; its latency percentiles come from the
+merged per-request latency histograms of its bursts. Per round the ratios are taken against `otel` of
+the same round. Besides requests/s and latency, the CPU time the gunicorn processes used per request
+is read from /proc (steadier than wall time on a shared box).
 """
 
 from __future__ import annotations
@@ -39,17 +41,35 @@ BASELINE = "otel"
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
-# wrk prints one JSON line when done: totals and latency percentiles (µs).
+# wrk prints one JSON line when done: totals and the latency histogram (µs -> count), so the
+# bursts of a round can be merged into exact percentiles.
 WRK_SCRIPT = """
 done = function(summary, latency, requests)
   local e = summary.errors
+  local histogram = {}
+  for i = 1, summary.requests do
+    local value, count = latency(i)
+    if value == 0 or count == 0 then break end
+    histogram[#histogram + 1] = string.format('[%d, %d]', value, count)
+  end
   io.write(string.format(
-    '{"requests": %d, "duration_us": %d, "p50_us": %d, "p90_us": %d, "p99_us": %d, "mean_us": %.1f, ' ..
-    '"socket_errors": %d, "non_2xx": %d}\\n',
-    summary.requests, summary.duration, latency:percentile(50), latency:percentile(90),
-    latency:percentile(99), latency.mean, e.connect + e.read + e.write + e.timeout, e.status))
+    '{"requests": %d, "duration_us": %d, "socket_errors": %d, "non_2xx": %d, "histogram": [%s]}\\n',
+    summary.requests, summary.duration, e.connect + e.read + e.write + e.timeout, e.status,
+    table.concat(histogram, ', ')))
 end
 """
+
+
+def percentile(histogram: dict[int, int], p: float) -> float:
+    """The `p`-th percentile (nearest rank) of a value -> count histogram."""
+    total = sum(histogram.values())
+    rank = max(1, -(-total * p // 100))
+    seen = 0
+    for value in sorted(histogram):
+        seen += histogram[value]
+        if seen >= rank:
+            return float(value)
+    return float("nan")
 
 
 def _port_open(port: int, host: str = HOST) -> bool:
@@ -138,14 +158,41 @@ class Server:
                 self.process.wait()
 
 
-def wrk(url: str, *, seconds: float, connections: int, script: Path) -> dict[str, float]:
+def wrk(url: str, *, seconds: float, connections: int, script: Path) -> dict[str, Any]:
     out = subprocess.run(
         ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "10s", "-s", str(script), url],
         check=True, capture_output=True, text=True,
     )  # fmt: skip
-    result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
-    result["requests_per_s"] = result["requests"] / (result["duration_us"] / 1e6)
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
     return result
+
+
+class Tally:
+    """One configuration's bursts within a round, added up."""
+
+    def __init__(self) -> None:
+        self.requests = self.errors = 0
+        self.seconds = self.cpu_seconds = 0.0
+        self.histogram: dict[int, int] = {}
+
+    def add(self, burst: dict[str, Any], cpu_seconds: float) -> None:
+        self.requests += burst["requests"]
+        self.errors += burst["socket_errors"] + burst["non_2xx"]
+        self.seconds += burst["duration_us"] / 1e6
+        self.cpu_seconds += cpu_seconds
+        for value, count in burst["histogram"]:
+            self.histogram[value] = self.histogram.get(value, 0) + count
+
+    def result(self) -> dict[str, float]:
+        return {
+            "requests": self.requests,
+            "errors": self.errors,
+            "requests_per_s": self.requests / self.seconds,
+            "p50_us": percentile(self.histogram, 50),
+            "p90_us": percentile(self.histogram, 90),
+            "p99_us": percentile(self.histogram, 99),
+            "server_cpu_us_per_request": self.cpu_seconds / max(1, self.requests) * 1e6,
+        }
 
 
 def setup_shop() -> None:
@@ -160,7 +207,8 @@ def setup_shop() -> None:
 def run(
     *,
     rounds: int = 5,
-    duration: float = 10.0,
+    duration: float = 20.0,
+    burst: int = 4,
     connections: int = 8,
     pg: int = 20,
     mongo: int = 5,
@@ -170,7 +218,7 @@ def run(
     exporter: str = "auto",
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """`rounds` rounds of `duration` s of wrk per configuration; medians and spreads over rounds."""
+    """`rounds` rounds of `duration` s per configuration, in `burst`-second turns; medians and spreads over rounds."""
     if shutil.which("wrk") is None:
         raise RuntimeError("wrk not found: apt-get install wrk")
     for name, service_port in (("PostgreSQL", 5432), ("FerretDB", 27017)):
@@ -196,19 +244,19 @@ def run(
         samples: dict[str, list[dict[str, float]]] = {config: [] for config in CONFIGS}
         discarded = 0
         number = 0
+        turns = max(1, round(duration / burst))
         while number < rounds:
-            shift = number % len(CONFIGS)
-            this_round: dict[str, dict[str, float]] = {}
+            tallies = {config: Tally() for config in CONFIGS}
             collector_ok = True
-            for config in CONFIGS[shift:] + CONFIGS[:shift]:
-                server = servers[config]
-                collector_ok = collector_ok and (exporter != "otlp" or _port_open(4317))
-                cpu0 = server.cpu_seconds()
-                result = wrk(server.url + path, seconds=duration, connections=connections, script=script)
-                result["server_cpu_us_per_request"] = (server.cpu_seconds() - cpu0) / max(1, result["requests"]) * 1e6
-                result["loadavg_1m"] = os.getloadavg()[0]
-                collector_ok = collector_ok and (exporter != "otlp" or _port_open(4317))
-                this_round[config] = result
+            for turn in range(turns):
+                shift = (number + turn) % len(CONFIGS)
+                for config in CONFIGS[shift:] + CONFIGS[:shift]:  # rotate: no configuration always first
+                    server = servers[config]
+                    collector_ok = collector_ok and (exporter != "otlp" or _port_open(4317))
+                    cpu0 = server.cpu_seconds()
+                    result = wrk(server.url + path, seconds=burst, connections=connections, script=script)
+                    tallies[config].add(result, server.cpu_seconds() - cpu0)
+                    collector_ok = collector_ok and (exporter != "otlp" or _port_open(4317))
             if not collector_ok:  # the shared collector went away (someone's outage test): export cost changed
                 discarded += 1
                 log(f"  e2e round {number + 1}: the collector was down during the round; discarded, repeating")
@@ -216,8 +264,8 @@ def run(
                     raise RuntimeError("the collector at 127.0.0.1:4317 keeps going down; try --e2e-exporter none")
                 time.sleep(5)
                 continue
-            for config, result in this_round.items():
-                samples[config].append(result)
+            for config, tally in tallies.items():
+                samples[config].append({**tally.result(), "loadavg_1m": os.getloadavg()[0]})
             number += 1
             log(
                 f"  e2e round {number}/{rounds}: "
@@ -243,7 +291,8 @@ def run(
         "gunicorn": {"workers": workers, "worker_class": "gthread", "threads": threads},
         "exporter": exporter,
         "discarded_rounds": discarded,
-        "errors": {c: sum(s["socket_errors"] + s["non_2xx"] for s in samples[c]) for c in CONFIGS},
+        "burst_s": burst,
+        "errors": {c: sum(s["errors"] for s in samples[c]) for c in CONFIGS},
         "configs": {c: {m: summary([s[m] for s in samples[c]]) for m in metrics} for c in CONFIGS},
         "ratios": ratios,
         "samples": samples,

@@ -38,10 +38,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", default=",".join(BENCHMARKS), help=f"comma-separated subset of {', '.join(BENCHMARKS)}")
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (per_span 7, e2e 5)")
-    parser.add_argument("--duration", type=float, default=None, help="seconds per configuration per round (per_span 3, e2e 10)")
+    parser.add_argument("--duration", type=float, default=None, help="seconds per configuration per round (per_span 3, e2e 20)")
     parser.add_argument("--scopes", type=int, default=100_000, help="memory: scopes to run (RSS read at 1/10 and the end)")
     parser.add_argument("--open-scopes", type=int, default=2000, help="memory: open scopes for the state size")
     parser.add_argument("--connections", type=int, default=8, help="e2e: wrk connections (fixed concurrency)")
+    parser.add_argument("--e2e-burst", type=int, default=4, help="e2e: seconds per turn (configurations alternate)")
     parser.add_argument("--e2e-port", type=int, default=8101, help="e2e: first of three free ports for the servers")
     parser.add_argument("--e2e-exporter", choices=["auto", "otlp", "none"], default="auto",
                         help="e2e: OTEL_{TRACES,METRICS}_EXPORTER; auto = otlp to the stack's collector if it is up")  # fmt: skip
@@ -123,7 +124,7 @@ def table(results: dict[str, Any]) -> str:
             add(f"END TO END — not run: {r['error']}")
         else:
             add(f"END TO END — GET {r['url']}, gunicorn {r['gunicorn']['workers']} workers × {r['gunicorn']['threads']} "
-                f"threads (gthread), wrk -c{r['connections']}, {r['rounds']} rounds × {r['duration_s']} s, "
+                f"threads (gthread), wrk -c{r['connections']}, {r['rounds']} rounds × {r['duration_s']} s in {r.get('burst_s')} s turns, "
                 f"exporter {r['exporter']}, errors {r['errors']}, discarded rounds {r.get('discarded_rounds', 0)}")  # fmt: skip
             add(f"  {'configuration':14} {'req/s':>18} {'p50 ms':>18} {'p99 ms':>18} {'server CPU ms/req':>20}")
             for name, stats in r["configs"].items():
@@ -178,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             results["e2e"] = e2e.run(
                 rounds=args.rounds or (1 if args.quick else 5),
-                duration=args.duration or (2 if args.quick else 10),
+                duration=args.duration or (2 if args.quick else 20),
+                burst=1 if args.quick else args.e2e_burst,
                 connections=args.connections,
                 port=args.e2e_port,
                 exporter=args.e2e_exporter,
