@@ -5,7 +5,9 @@ never touches the shop that `examples/shop/processes.py` runs on :8000):
 
 - `none`: plain gunicorn, no OpenTelemetry;
 - `otel`: `opentelemetry-instrument gunicorn`, otel-budget installed but `OTEL_BUDGET_ENABLED=false`;
-- `otel+budget`: the same with otel-budget on (the shop's budgets.toml).
+- `otel+budget`: the same with otel-budget on (the shop's budgets.toml);
+- `otel (control)`: a second, identical `otel` server. Its ratio to `otel` is the noise floor of
+  this measurement on this machine: an effect smaller than its spread cannot be told from zero.
 
 wrk (one thread, a fixed number of connections) loads one server at a time, in bursts of a few
 seconds; the configurations take turns burst by burst, in a rotated order, so a busy machine slows
@@ -36,7 +38,7 @@ from _common import summary
 REPO = Path(__file__).resolve().parent.parent
 SHOP_DIR = REPO / "examples" / "shop"
 HOST = "127.0.0.1"
-CONFIGS = ("none", "otel", "otel+budget")
+CONFIGS = ("none", "otel", "otel+budget", "otel (control)")
 BASELINE = "otel"
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -106,7 +108,7 @@ class Server:
         self.config = config
         self.port = port
         bin_dir = Path(sys.executable).parent
-        env = ShopProcesses().app_env(f"bench-{config.replace('+', '-')}")
+        env = ShopProcesses().app_env("bench-" + "".join(c if c.isalnum() else "-" for c in config).strip("-"))
         env.update(OTEL_TRACES_EXPORTER=exporter, OTEL_METRICS_EXPORTER=exporter)
         argv = [
             str(bin_dir / "gunicorn"), "shop.wsgi", "--bind", f"{HOST}:{port}",
@@ -117,7 +119,7 @@ class Server:
             env = {k: v for k, v in env.items() if not k.startswith(("OTEL_", "OTEL_BUDGET_"))}
         else:
             argv.insert(0, str(bin_dir / "opentelemetry-instrument"))
-            env["OTEL_BUDGET_ENABLED"] = "true" if config == "otel+budget" else "false"
+            env["OTEL_BUDGET_ENABLED"] = "true" if config == "otel+budget" else "false"  # same install either way
         self.log_path = log_dir / f"gunicorn-{port}.log"
         if _port_open(port):
             raise RuntimeError(f"port {port} is taken; pick others with --e2e-port")
