@@ -12,7 +12,7 @@ from otel_budget import names
 from otel_budget.config import BudgetConfig, ConfigError, load_config
 from otel_budget.processor import BudgetSpanProcessor
 
-__all__ = ["install", "is_enabled", "post_instrument"]
+__all__ = ["install", "is_enabled", "metrics_enabled", "post_instrument"]
 
 logger = logging.getLogger("otel_budget")
 _FALSE = {"false", "0", "no", "off"}
@@ -21,14 +21,24 @@ _TRUE = {"true", "1", "yes", "on", ""}
 
 def is_enabled() -> bool:
     """`OTEL_BUDGET_ENABLED` (default true); an unrecognised value is logged and counts as true."""
-    value = os.environ.get(names.ENV_ENABLED, "").strip().lower()
+    return _flag(names.ENV_ENABLED, "staying enabled")
+
+
+def metrics_enabled() -> bool:
+    """`OTEL_BUDGET_METRICS` (default true): record the `budget.*` histograms and counters."""
+    return _flag(names.ENV_METRICS, "recording metrics")
+
+
+def _flag(variable: str, fallback: str) -> bool:
+    value = os.environ.get(variable, "").strip().lower()
     if value in _FALSE:
         return False
     if value not in _TRUE:
         logger.error(
-            "otel-budget: %s=%r is not a boolean (valid: true, false, 1, 0, yes, no, on, off); staying enabled",
-            names.ENV_ENABLED,
+            "otel-budget: %s=%r is not a boolean (valid: true, false, 1, 0, yes, no, on, off); %s",
+            variable,
             value,
+            fallback,
         )
     return True
 
@@ -80,6 +90,7 @@ def install(tracer_provider: Any = None, *, config_path: str | None = None, **op
         return existing  # type: ignore[no-any-return]
     config, error = load_config_or_default(config_path)
     options.setdefault("max_open_scopes", _max_open_scopes())
+    options.setdefault("record_metrics", metrics_enabled())
     processor = BudgetSpanProcessor(config=config, config_error=error, **options)
     add(processor)
     setattr(provider, "_otel_budget_processor", processor)  # noqa: B010 - marks the provider as done

@@ -141,3 +141,23 @@ def test_enabled_garbage_logs_and_stays_on(monkeypatch: pytest.MonkeyPatch, capl
     monkeypatch.setenv("OTEL_BUDGET_ENABLED", "maybe")
     assert is_enabled() is True
     assert "OTEL_BUDGET_ENABLED='maybe' is not a boolean (valid: true, false" in caplog.text
+
+
+@pytest.mark.parametrize(("value", "recorded"), [("false", 0), ("true", 1)])
+def test_metrics_can_be_turned_off(monkeypatch: pytest.MonkeyPatch, value: str, recorded: int) -> None:
+    """OTEL_BUDGET_METRICS=false installs a processor that records no histograms; spans keep their tally."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.trace import SpanKind
+
+    monkeypatch.setenv("OTEL_BUDGET_METRICS", value)
+    reader = InMemoryMetricReader()
+    provider = TracerProvider()
+    processor = install(provider, meter_provider=MeterProvider([reader]))
+    assert processor is not None
+    with provider.get_tracer("t").start_as_current_span("GET", kind=SpanKind.SERVER) as span:
+        pass
+    assert "budget.duration_ms" in span.attributes
+    data = reader.get_metrics_data()
+    names = {m.name for r in (data.resource_metrics if data else []) for s in r.scope_metrics for m in s.metrics}
+    assert ("budget.duration_ms" in names) is bool(recorded)
