@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import time
 import urllib.parse
 import urllib.request
@@ -13,6 +12,8 @@ import uuid
 import pytest
 from cli_support import emit_workload, make_provider, run_cli
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+from tests.stack_services import require_reachable
 
 JAEGER = "http://127.0.0.1:16686"
 SERVICES = {"collector (OTLP gRPC)": ("127.0.0.1", 4317), "Jaeger (query API)": ("127.0.0.1", 16686)}
@@ -31,14 +32,7 @@ def scope_spans_in_jaeger(service: str) -> int:
 @pytest.fixture(scope="module")
 def service() -> str:
     """A fresh service name whose workload went app → collector :4317 → Jaeger, and has arrived."""
-    down = []
-    for name, (host, port) in SERVICES.items():
-        try:
-            socket.create_connection((host, port), timeout=2).close()
-        except OSError as exc:
-            down.append(f"{name} is not reachable at {host}:{port} ({exc.strerror or exc})")
-    if down:
-        pytest.fail("; ".join(down) + "; start the service stack: make stack", pytrace=False)
+    require_reachable(SERVICES)
     name = f"otel-budget-cli-test-{uuid.uuid4().hex[:8]}"
     provider = make_provider(name, OTLPSpanExporter(endpoint="127.0.0.1:4317", insecure=True, timeout=10))
     emit_workload(provider, t0=time.time_ns() - 120 * 1_000_000_000)

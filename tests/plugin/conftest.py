@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import socket
 import textwrap
 
 import pytest
+
+from tests.stack_services import require_reachable
 
 SERVICES = {"PostgreSQL": ("127.0.0.1", 5432), "FerretDB": ("127.0.0.1", 27017)}
 
@@ -219,14 +220,7 @@ def test_reprice_in_worker(worker):
 @pytest.fixture(scope="session")
 def stack_services() -> None:
     """Fail (not skip) when a service the project needs is down."""
-    down = []
-    for name, (host, port) in SERVICES.items():
-        try:
-            socket.create_connection((host, port), timeout=2).close()
-        except OSError as exc:
-            down.append(f"{name} is not reachable at {host}:{port} ({exc.strerror or exc})")
-    if down:
-        pytest.fail("; ".join(down) + "; start the service stack: make stack", pytrace=False)
+    require_reachable(SERVICES)
 
 
 @pytest.fixture
