@@ -8,8 +8,14 @@ from __future__ import annotations
 import os
 import sys
 import time
+from typing import Any
 
-__all__ = ["cpu_and_peak", "cpu_ns", "peak_rss_bytes", "rss_bytes"]
+try:
+    import ctypes
+except ImportError:  # pragma: no cover - a Python built without ctypes
+    ctypes = None  # type: ignore[assignment]
+
+__all__ = ["cpu_and_peak", "cpu_ns", "peak_rss_bytes", "reset", "rss_bytes"]
 
 cpu_ns = time.thread_time_ns
 
@@ -52,51 +58,85 @@ except ImportError:  # pragma: no cover - Windows
         return cpu_ns(), peak_rss_bytes()
 
 
-class _StatmReader:
-    """Resident set size from a cached `/proc/self/statm` descriptor (~2 µs, psutil's memory_info ~25 µs)."""
+# Resident set size from a cached `/proc/self/statm` descriptor (~1.5 µs; psutil's memory_info ~25 µs).
+#
+# The read holds the GIL. `os.pread` would release it for a syscall that never blocks, and a release
+# and re-take twice per scope starves every other Python thread: CPython's GIL hands over on a timeout
+# only when no switch happened meanwhile, and each of ours counts as one. The SDK's batch exporter
+# thread then fell behind by thousands of spans (docs/benchmarks.md). `ctypes.PyDLL` calls `pread`
+# without releasing it; `os.pread` is the fallback where ctypes is unavailable, psutil where there is
+# no /proc.
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+_fd = -1  # -1: not open yet (or reset after fork); -2: no /proc, psutil from now on
+_psutil_process: Any = None
 
-    def __init__(self) -> None:
-        self._fd = -1
-        self._page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-        self._psutil_process: object = None
-        if hasattr(os, "register_at_fork"):
-            os.register_at_fork(after_in_child=self.reset)
 
-    def reset(self) -> None:
-        """Forget the descriptor: after fork `/proc/self` must be opened again by the child."""
-        fd, self._fd = self._fd, -1
-        if fd >= 0:
+def _gil_holding_pread() -> Any:
+    """libc's `pread` through `ctypes.PyDLL` (which keeps the GIL), or None."""
+    if ctypes is None or not sys.platform.startswith("linux"):
+        return None
+    try:
+        pread = ctypes.PyDLL(None).pread
+    except (AttributeError, OSError):
+        return None
+    pread.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_long)
+    pread.restype = ctypes.c_ssize_t
+    return pread
+
+
+_pread = _gil_holding_pread()
+_buffer: Any = ctypes.create_string_buffer(64) if _pread is not None else None
+
+
+def rss_bytes() -> int:
+    """The process's resident set size in bytes."""
+    fd = _fd
+    if fd >= 0 and _pread is not None:
+        size = _pread(fd, _buffer, 64, 0)
+        if size > 0:
             try:
-                os.close(fd)
-            except OSError:
+                return int(_buffer.raw[:size].split(None, 2)[1]) * _PAGE
+            except (ValueError, IndexError):
                 pass
-        self._psutil_process = None
+    return _rss_slowly()
 
-    def __call__(self) -> int:
-        fd = self._fd
-        if fd == -1:
-            fd = self._open()
-        if fd < 0:
-            return self._psutil_rss()
-        try:
-            return int(os.pread(fd, 64, 0).split(None, 2)[1]) * self._page
-        except (OSError, ValueError, IndexError):
-            self.reset()
-            return self._psutil_rss()
 
-    def _open(self) -> int:
+def _rss_slowly() -> int:
+    """First call, after fork, without ctypes, after a failed read, or without /proc."""
+    global _fd
+    if _fd == -1:
         try:
-            self._fd = os.open("/proc/self/statm", os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            _fd = os.open("/proc/self/statm", os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         except OSError:
-            self._fd = -2  # not Linux: psutil from now on
-        return self._fd
-
-    def _psutil_rss(self) -> int:
-        import psutil
-
-        if self._psutil_process is None:
-            self._psutil_process = psutil.Process()
-        return int(self._psutil_process.memory_info().rss)  # type: ignore[attr-defined]
+            _fd = -2
+    if _fd >= 0:
+        try:
+            return int(os.pread(_fd, 64, 0).split(None, 2)[1]) * _PAGE
+        except (OSError, ValueError, IndexError):  # e.g. a daemon closed every descriptor: open again next time
+            reset()
+    return _psutil_rss()
 
 
-rss_bytes = _StatmReader()
+def _psutil_rss() -> int:
+    global _psutil_process
+    import psutil
+
+    if _psutil_process is None:
+        _psutil_process = psutil.Process()
+    return int(_psutil_process.memory_info().rss)
+
+
+def reset() -> None:
+    """Forget the descriptor: after fork `/proc/self` must be opened again by the child."""
+    global _fd, _psutil_process
+    fd, _fd = _fd, -1
+    if fd >= 0:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _psutil_process = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=reset)
