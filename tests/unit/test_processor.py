@@ -370,3 +370,116 @@ def test_fork_resets_state(tracing: Tracing) -> None:
         os.waitpid(pid, 0)
         assert os.read(read, 16) == b"0"
         assert tracing.processor.open_scopes == 1
+
+
+# -- the batched count (`ScopeTally.drain`) and the direct attribute write --------------------------
+
+
+def test_counts_and_crossing_times_exact_across_drain_batches() -> None:
+    """Queries are counted in batches; totals and the span at which each limit was crossed stay exact."""
+    tracing = make_tracing({"http": {"db.queries": 20, "db.repeated_queries": 30}})
+    with tracing.request():
+        for index in range(53):
+            tracing.db("SELECT * FROM t WHERE id = %s" if index % 3 else f"SELECT {index}")
+    queries = [span for span in tracing.spans() if span.name == "db"]
+    attributes = tracing.span("GET items/").attributes
+    assert (attributes["budget.db.queries"], attributes["budget.db.repeated_queries"]) == (53, 35)
+    events = tracing.events("GET items/")
+    assert events["db.queries"]["budget.actual"] == 53
+    assert events["db.repeated_queries"]["budget.actual"] == 35
+    stamps = {event.attributes["budget.metric"]: event.timestamp for event in tracing.span("GET items/").events}
+    assert stamps["db.queries"] == queries[20].end_time  # the 21st query crossed 20
+    repeated = [span for index, span in enumerate(queries) if index % 3]
+    assert stamps["db.repeated_queries"] == repeated[30].end_time  # its 31st execution crossed 30
+
+
+def test_many_threads_appending_while_another_drains_lose_nothing(tracing: Tracing) -> None:
+    """Children end in 8 threads at once (unlocked appends racing the batch count): every one is counted."""
+    with tracing.request():
+        ctx = context_api.get_current()
+        start = threading.Barrier(8)
+
+        def work() -> None:
+            token = context_api.attach(ctx)
+            try:
+                start.wait()
+                for index in range(250):
+                    tracing.db(f"SELECT * FROM t{index % 7}")
+            finally:
+                context_api.detach(token)
+
+        threads = [threading.Thread(target=work) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    attributes = tracing.span("GET items/").attributes
+    assert attributes["budget.db.queries"] == 2000
+    assert attributes["budget.db.postgresql.queries"] == 2000
+    assert attributes["budget.db.repeated_queries"] == 8 * 36  # t0 ... t5: 36 times per thread (t6: 35)
+    assert attributes["budget.db.duration_ms"] == pytest.approx(
+        sum((s.end_time or 0) - (s.start_time or 0) for s in tracing.spans() if s.name == "db") / 1e6, abs=0.001
+    )
+
+
+def test_a_statement_that_cannot_be_normalised_costs_only_itself(
+    tracing: Tracing, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One failing span in a batch is left out; the others in the same batch are counted."""
+    from otel_budget import processor as processor_module
+
+    original = processor_module.normalize_sql
+
+    def normalize_sql(statement: str) -> str:
+        if "poison" in statement:
+            raise ValueError("injected")
+        return original(statement)
+
+    monkeypatch.setattr(processor_module, "normalize_sql", normalize_sql)
+    _ratelimit.reset()
+    with tracing.request():
+        for index in range(40):
+            tracing.db("SELECT poison" if index == 7 else f"SELECT {index}")
+    assert tracing.span("GET items/").attributes["budget.db.queries"] == 39
+
+
+def test_summary_through_the_sdk_when_span_limits_could_bite() -> None:
+    """With attribute limits in force, the SDK itself applies them to our summary (drops, truncation)."""
+    from opentelemetry.sdk.trace import SpanLimits, TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from otel_budget import BudgetSpanProcessor
+
+    for limits, check in (
+        # 9 of the app's + our 14 (10 metrics, 2 for sqlite, violations, rule) > 16: the SDK drops the 7 oldest.
+        (SpanLimits(max_span_attributes=16), lambda span: span.dropped_attributes == 7 and "app.7" in span.attributes),
+        # Values cut to 3 characters (`db.system` too: "sql").
+        (SpanLimits(max_span_attribute_length=3), lambda span: span.attributes["budget.rule"] == "htt"),
+    ):
+        exporter = InMemorySpanExporter()
+        provider = TracerProvider(span_limits=limits)
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        provider.add_span_processor(BudgetSpanProcessor(record_metrics=False))
+        tracer = provider.get_tracer("tests")
+        with tracer.start_as_current_span(
+            "GET", kind=SpanKind.SERVER, attributes={f"app.{index}": index for index in range(9)}
+        ) as span:
+            with tracer.start_as_current_span("db", kind=SpanKind.CLIENT, attributes={"db.system": "sqlite"}):
+                pass
+        (exported,) = [s for s in exporter.get_finished_spans() if s.name == "GET"]
+        assert exported.attributes["budget.db.queries"] == 1
+        assert check(exported), (limits, exported.dropped_attributes, dict(exported.attributes))
+        provider.shutdown()
+
+
+def test_writable_span_in_on_ending_finishes_the_scope_there(tracing: Tracing) -> None:
+    """Should the SDK hand `_on_ending` a writable span (opentelemetry-python#5613), the scope ends there, once."""
+    span = tracing.tracer.start_span("GET", kind=SpanKind.SERVER, attributes={"http.route": "w/"})
+    with trace.use_span(span):
+        tracing.db("SELECT 1")
+    tracing.processor._on_ending(span)  # noqa: SLF001 - what such an SDK would call before freezing
+    assert span.attributes["budget.db.queries"] == 1
+    span.end()
+    assert [r.name for r in tracing.results] == ["w/"]
+    assert tracing.span("GET").attributes["budget.violations"] == 0
