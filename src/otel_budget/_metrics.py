@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from typing import Any
 
 from opentelemetry import metrics
@@ -20,10 +21,19 @@ def _unit(metric: str) -> str:
 
 
 class BudgetMetrics:
-    """Records each finished scope into instruments created lazily from the global (or given) MeterProvider."""
+    """Records each finished scope into instruments created lazily from the global (or given) MeterProvider.
 
-    def __init__(self, meter_provider: metrics.MeterProvider | None = None) -> None:
+    Args:
+        meter_provider: where they go (default: the global MeterProvider).
+        histograms: the metrics that get a histogram (default: every measured one). Each costs one
+            SDK `Histogram.record` per scope, ~8-10 µs here (docs/benchmarks.md).
+    """
+
+    def __init__(
+        self, meter_provider: metrics.MeterProvider | None = None, histograms: Collection[str] | None = None
+    ) -> None:
         self._meter_provider = meter_provider
+        self._only = frozenset(histograms) if histograms is not None else None
         self._meter: metrics.Meter | None = None
         self._violations: metrics.Counter | None = None
         self._evicted: metrics.Counter | None = None
@@ -32,7 +42,10 @@ class BudgetMetrics:
     def record(self, result: ScopeResult) -> None:
         meter = self._get_meter()
         attributes = _scope_attributes(result)
+        only = self._only
         for metric, value in result.values.items():
+            if only is not None and metric not in only:
+                continue
             histogram = self._histograms.get(metric)
             if histogram is None:
                 histogram = meter.create_histogram(

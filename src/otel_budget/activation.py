@@ -9,10 +9,10 @@ from typing import Any
 from opentelemetry import trace
 
 from otel_budget import names
-from otel_budget.config import BudgetConfig, ConfigError, load_config
+from otel_budget.config import BudgetConfig, ConfigError, choices_hint, load_config, valid_metrics
 from otel_budget.processor import BudgetSpanProcessor
 
-__all__ = ["install", "is_enabled", "metrics_enabled", "post_instrument"]
+__all__ = ["install", "is_enabled", "metrics_enabled", "metrics_setting", "post_instrument"]
 
 logger = logging.getLogger("otel_budget")
 _FALSE = {"false", "0", "no", "off"}
@@ -25,8 +25,36 @@ def is_enabled() -> bool:
 
 
 def metrics_enabled() -> bool:
-    """`OTEL_BUDGET_METRICS` (default true): record the `budget.*` histograms and counters."""
-    return _flag(names.ENV_METRICS, "recording metrics")
+    """`OTEL_BUDGET_METRICS` is not false: some `budget.*` metrics are recorded."""
+    return metrics_setting() is not False
+
+
+def metrics_setting() -> bool | frozenset[str]:
+    """`OTEL_BUDGET_METRICS`: true (default: every histogram), false (none), or the metrics to record.
+
+    A list (`duration_ms,db.queries`) records only those histograms, plus the `budget.violations`
+    counter: each histogram costs an SDK `record` per scope (docs/benchmarks.md). Unknown names are
+    logged with the valid choices and skipped; a value with no known name counts as true.
+    """
+    raw = os.environ.get(names.ENV_METRICS, "").strip()
+    value = raw.lower()
+    if value in _FALSE:
+        return False
+    if value in _TRUE:
+        return True
+    entries = [entry.strip() for entry in raw.split(",") if entry.strip()]
+    known = frozenset(valid_metrics())
+    wanted = frozenset(entry for entry in entries if entry in known)
+    for entry in entries:
+        if entry not in known:
+            logger.error(
+                "otel-budget: %s: %r is not a metric%s; %s",
+                names.ENV_METRICS,
+                entry,
+                choices_hint(entry, known, booleans=True),
+                "skipping it" if wanted else "recording every metric",
+            )
+    return wanted or True
 
 
 def _flag(variable: str, fallback: str) -> bool:
@@ -90,7 +118,7 @@ def install(tracer_provider: Any = None, *, config_path: str | None = None, **op
         return existing  # type: ignore[no-any-return]
     config, error = load_config_or_default(config_path)
     options.setdefault("max_open_scopes", _max_open_scopes())
-    options.setdefault("record_metrics", metrics_enabled())
+    options.setdefault("record_metrics", metrics_setting())
     processor = BudgetSpanProcessor(config=config, config_error=error, **options)
     add(processor)
     setattr(provider, "_otel_budget_processor", processor)  # noqa: B010 - marks the provider as done

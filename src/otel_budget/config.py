@@ -27,6 +27,7 @@ __all__ = [
     "ConfigProblem",
     "DEFAULT_LIMITS",
     "Override",
+    "choices_hint",
     "load_config",
     "parse_config",
     "valid_metrics",
@@ -201,7 +202,7 @@ def parse_config(data: Mapping[str, Any], *, source: str = "<string>") -> Budget
     overrides: dict[str, list[Override]] = {"route": [], "task": []}
     for section, body in data.items():
         if section not in SECTIONS:
-            problems.append(ConfigProblem(section, "unknown section" + _choices(section, SECTIONS)))
+            problems.append(ConfigProblem(section, "unknown section" + choices_hint(section, SECTIONS)))
             continue
         if not isinstance(body, dict):
             problems.append(ConfigProblem(section, f"must be a table ([{section}]), got {_type(body)}"))
@@ -229,7 +230,7 @@ def validate_limits(limits: Mapping[str, Any], *, source: str = "<code>") -> dic
     for key, value in limits.items():
         metric = _KEYWORD_METRICS.get(key, key)
         if metric not in _VALID_METRICS:
-            problems.append(ConfigProblem(key, "unknown metric" + _choices(key, _VALID_METRICS | _KEYWORD_METRICS.keys())))
+            problems.append(ConfigProblem(key, "unknown metric" + choices_hint(key, _VALID_METRICS | _KEYWORD_METRICS.keys())))
             continue
         checked = _check_value(metric, value, key, problems)
         if checked is not None:
@@ -246,7 +247,7 @@ def _parse_limits(
     for dotted, value in _flatten(body, allowed_tables):
         key = f"{prefix}.{dotted}"
         if dotted not in _VALID_METRICS:
-            problems.append(ConfigProblem(key, "unknown metric" + _choices(dotted, _VALID_METRICS)))
+            problems.append(ConfigProblem(key, "unknown metric" + choices_hint(dotted, _VALID_METRICS)))
             continue
         checked = _check_value(dotted, value, key, problems)
         if checked is not None:
@@ -344,13 +345,15 @@ def _compile_glob(glob: str, key: str, problems: list[ConfigProblem]) -> re.Patt
     return re.compile(fnmatch.translate(glob))
 
 
-def _choices(word: str, valid: Iterable[str]) -> str:
+def choices_hint(word: str, valid: Iterable[str], *, booleans: bool = False) -> str:
+    """`; did you mean 'x'? (valid: ...)`, with the per-system metrics folded into one phrase."""
     valid = sorted(valid)
     close = difflib.get_close_matches(word, valid, n=1, cutoff=0.6)
     hint = f"; did you mean {close[0]!r}?" if close else ""
     shown = [v for v in valid if v.count(".") < 2 or v.startswith(("db.postgresql", "db.mongodb"))]
     extra = " (and db.<system>.queries / db.<system>.duration_ms for other systems)" if len(shown) < len(valid) else ""
-    return f"{hint} (valid: {', '.join(shown)}{extra})"
+    also = "true, false, or a comma-separated list of: " if booleans else ""
+    return f"{hint} (valid: {also}{', '.join(shown)}{extra})"
 
 
 def _printable(key: str) -> str:

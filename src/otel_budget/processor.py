@@ -14,7 +14,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from types import MappingProxyType
 from typing import Any
 
@@ -41,7 +41,7 @@ from otel_budget.names import (
 )
 from otel_budget._metrics import BudgetMetrics
 from otel_budget._ratelimit import log_exception
-from otel_budget.config import BudgetConfig, BudgetRule
+from otel_budget.config import BudgetConfig, BudgetRule, choices_hint, valid_metrics
 from otel_budget.normalize import SQL_CACHE as _SQL_CACHE
 from otel_budget.normalize import normalize_mongo, normalize_sql, shorten
 from otel_budget.results import ScopeResult, Violation
@@ -336,7 +336,8 @@ class BudgetSpanProcessor(SpanProcessor):
         config: the budgets; default: built-in defaults (N+1 only).
         config_error: why the configured file could not be used; shown on every scope span.
         max_open_scopes: scopes kept open at once; beyond it the oldest is evicted (and counted).
-        record_metrics: record the `budget.*` histograms and the `budget.violations` counter.
+        record_metrics: record the `budget.*` histograms and the `budget.violations` counter; or the
+            names of the metrics whose histograms to record (the counter is recorded too).
         meter_provider: where those go (default: the global MeterProvider).
     """
 
@@ -346,7 +347,7 @@ class BudgetSpanProcessor(SpanProcessor):
         config: BudgetConfig | None = None,
         config_error: str | None = None,
         max_open_scopes: int = 10_000,
-        record_metrics: bool = True,
+        record_metrics: bool | Collection[str] = True,
         meter_provider: Any = None,
     ) -> None:
         self.config = config or BudgetConfig()
@@ -357,7 +358,11 @@ class BudgetSpanProcessor(SpanProcessor):
         self._scopes: dict[int, ScopeTally] = {}  # open scope span id -> tally, oldest first
         self._evict_lock = threading.Lock()
         self._listeners: list[Listener] = []
-        self._metrics = BudgetMetrics(meter_provider) if record_metrics else None
+        if record_metrics is False:
+            self._metrics: BudgetMetrics | None = None
+        else:
+            histograms = None if record_metrics is True else _metric_names(record_metrics)
+            self._metrics = BudgetMetrics(meter_provider, histograms)
         _PROCESSORS.add(self)
         if hasattr(os, "register_at_fork"):
             os.register_at_fork(after_in_child=functools.partial(_after_fork_in_child, weakref.ref(self)))
@@ -694,6 +699,16 @@ def _compile(limits: Mapping[str, float]) -> _Compiled:
         _COMPILED.clear()
     _COMPILED[id(limits)] = (limits, compiled)
     return compiled
+
+
+def _metric_names(wanted: Collection[str]) -> frozenset[str]:
+    """`record_metrics` given as names: each one checked, like a budgets file's keys."""
+    chosen = frozenset([wanted] if isinstance(wanted, str) else wanted)
+    known = frozenset(valid_metrics())
+    unknown = sorted(chosen - known)
+    if unknown:
+        raise ValueError(f"record_metrics: {unknown[0]!r} is not a metric" + choices_hint(unknown[0], known))
+    return chosen
 
 
 _ATTRIBUTE_KEYS: dict[str, str] = {metric: names.PREFIX + metric for metric in names.FIXED_METRICS}

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
-from otel_budget import install
-from otel_budget.activation import is_enabled
+from otel_budget import BudgetSpanProcessor, install
+from otel_budget.activation import is_enabled, metrics_enabled, metrics_setting
 from tests.unit.conftest import make_tracing
 
 APP = textwrap.dedent(
@@ -161,3 +161,61 @@ def test_metrics_can_be_turned_off(monkeypatch: pytest.MonkeyPatch, value: str, 
     data = reader.get_metrics_data()
     names = {m.name for r in (data.resource_metrics if data else []) for s in r.scope_metrics for m in s.metrics}
     assert ("budget.duration_ms" in names) is bool(recorded)
+
+
+def _recorded_metric_names(reader: Any) -> set[str]:
+    data = reader.get_metrics_data()
+    return {m.name for r in (data.resource_metrics if data else []) for s in r.scope_metrics for m in s.metrics}
+
+
+def _one_request_over_budget(processor_provider: TracerProvider) -> None:
+    from opentelemetry.trace import SpanKind
+
+    tracer = processor_provider.get_tracer("t")
+    with tracer.start_as_current_span("GET", kind=SpanKind.SERVER, attributes={"http.route": "r/"}):
+        for _ in range(6):  # over the built-in db.repeated_queries = 5
+            query = {"db.system": "sqlite", "db.statement": "SELECT 1"}
+            with tracer.start_as_current_span("q", kind=SpanKind.CLIENT, attributes=query):
+                pass
+
+
+def test_metrics_list_records_only_those_histograms(monkeypatch: pytest.MonkeyPatch) -> None:
+    """OTEL_BUDGET_METRICS=a,b: histograms for a and b only; the violations counter as always."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    monkeypatch.setenv("OTEL_BUDGET_METRICS", " duration_ms , db.sqlite.queries ")
+    reader = InMemoryMetricReader()
+    provider = TracerProvider()
+    assert install(provider, meter_provider=MeterProvider([reader])) is not None
+    _one_request_over_budget(provider)
+    assert _recorded_metric_names(reader) == {"budget.duration_ms", "budget.db.sqlite.queries", "budget.violations"}
+
+
+def test_metrics_list_with_a_typo_names_it_and_keeps_the_rest(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("OTEL_BUDGET_METRICS", "duration_ms,db.querys")
+    assert metrics_setting() == frozenset({"duration_ms"})
+    assert (
+        "OTEL_BUDGET_METRICS: 'db.querys' is not a metric; did you mean 'db.queries'? "
+        "(valid: true, false, or a comma-separated list of: cpu_ms" in caplog.text
+    )
+    assert caplog.text.rstrip().endswith("skipping it")
+
+
+def test_metrics_value_with_no_metric_records_everything(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A value that is neither a boolean nor names a metric is logged; nothing is lost (all recorded)."""
+    monkeypatch.setenv("OTEL_BUDGET_METRICS", "maybe")
+    assert metrics_setting() is True
+    assert metrics_enabled() is True
+    assert "'maybe' is not a metric" in caplog.text
+    assert "recording every metric" in caplog.text
+
+
+def test_processor_refuses_unknown_metric_names() -> None:
+    with pytest.raises(ValueError, match=r"record_metrics: 'db.querys' is not a metric; did you mean 'db.queries'\?"):
+        BudgetSpanProcessor(record_metrics=["duration_ms", "db.querys"])
+    assert BudgetSpanProcessor(record_metrics="duration_ms")._metrics is not None  # noqa: SLF001 - one name, as a str
