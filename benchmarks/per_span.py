@@ -56,16 +56,43 @@ class MapOnlyProcessor(SpanProcessor):
         self.scopes.pop(span._context[1], None)  # type: ignore[index]
 
 
+class CountingOnlyProcessor(BudgetSpanProcessor):
+    """Reference: otel-budget without its end-of-scope work (probes, result, attributes, events, metrics).
+
+    What is left is the per-span part: each span mapped to its scope, each query counted. The difference
+    to the full processor is what finishing a scope costs.
+    """
+
+    def _finish(self, tally: Any, end_ns: int, *, writable: bool) -> None:
+        self._forget(tally)
+        tally.drain()
+        tally.span = None
+
+
+# The histograms that dashboards/ and its alert rules read (OTEL_BUDGET_METRICS=<these>, comma-separated).
+DASHBOARD_METRICS = ("duration_ms", "memory.growth_mb", "db.queries", "db.duration_ms", "db.repeated_queries")
 Factory = Callable[[MeterProvider], "SpanProcessor | None"]
 # name -> the processor added after the batch exporter's (None: the SDK alone)
 CONFIGS: dict[str, Factory] = {
     "otel": lambda meters: None,
     "otel+budget": lambda meters: BudgetSpanProcessor(meter_provider=meters),
     "otel+budget,no-metrics": lambda meters: BudgetSpanProcessor(record_metrics=False),
+    "otel+budget,dashboard-metrics": lambda meters: BudgetSpanProcessor(
+        meter_provider=meters, record_metrics=DASHBOARD_METRICS
+    ),
     "ref: otel+noop-processor": lambda meters: NoopProcessor(),
     "ref: otel+map-only-processor": lambda meters: MapOnlyProcessor(),
+    "ref: otel+counting-only": lambda meters: CountingOnlyProcessor(record_metrics=False),
 }
-DEFAULT_CONFIGS = ("otel", "otel+budget", "otel+budget,no-metrics", "ref: otel+noop-processor", "ref: otel+map-only-processor")
+DEFAULT_CONFIGS = (
+    "otel",
+    "otel+budget",
+    "otel+budget,no-metrics",
+    "otel+budget,dashboard-metrics",
+    "ref: otel+noop-processor",
+    "ref: otel+map-only-processor",
+    "ref: otel+counting-only",
+)
 BASELINE = "otel"
 # Big enough that the exporter thread never falls behind and the SDK never drops (and logs) a span:
 # drops would make the faster configuration pay for warnings the slower one never reaches.
