@@ -1,11 +1,12 @@
 """End to end: the example shop's `probe/queries/?pg=20&mongo=5` under gunicorn, driven by wrk.
 
-Three gunicorn servers run side by side on their own ports (this module starts and stops them; it
+Five gunicorn servers run side by side on their own ports (this module starts and stops them; it
 never touches the shop that `examples/shop/processes.py` runs on :8000):
 
 - `none`: plain gunicorn, no OpenTelemetry;
 - `otel`: `opentelemetry-instrument gunicorn`, otel-budget installed but `OTEL_BUDGET_ENABLED=false`;
 - `otel+budget`: the same with otel-budget on (the shop's budgets.toml);
+- `otel+budget,no-metrics`: the same with `OTEL_BUDGET_METRICS=false` (spans and events, no histograms);
 - `otel (control)`: a second, identical `otel` server. Its ratio to `otel` is the noise floor of
   this measurement on this machine: an effect smaller than its spread cannot be told from zero.
 
@@ -38,7 +39,7 @@ from _common import summary
 REPO = Path(__file__).resolve().parent.parent
 SHOP_DIR = REPO / "examples" / "shop"
 HOST = "127.0.0.1"
-CONFIGS = ("none", "otel", "otel+budget", "otel (control)")
+CONFIGS = ("none", "otel", "otel+budget", "otel+budget,no-metrics", "otel (control)")
 BASELINE = "otel"
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -119,7 +120,9 @@ class Server:
             env = {k: v for k, v in env.items() if not k.startswith(("OTEL_", "OTEL_BUDGET_"))}
         else:
             argv.insert(0, str(bin_dir / "opentelemetry-instrument"))
-            env["OTEL_BUDGET_ENABLED"] = "true" if config == "otel+budget" else "false"  # same install either way
+            # The same install either way; only the environment differs.
+            env["OTEL_BUDGET_ENABLED"] = "true" if config.startswith("otel+budget") else "false"
+            env["OTEL_BUDGET_METRICS"] = "false" if config == "otel+budget,no-metrics" else "true"
         self.log_path = log_dir / f"gunicorn-{port}.log"
         if _port_open(port):
             raise RuntimeError(f"port {port} is taken; pick others with --e2e-port")

@@ -43,7 +43,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--open-scopes", type=int, default=2000, help="memory: open scopes for the state size")
     parser.add_argument("--connections", type=int, default=8, help="e2e: wrk connections (fixed concurrency)")
     parser.add_argument("--e2e-burst", type=int, default=4, help="e2e: seconds per turn (configurations alternate)")
-    parser.add_argument("--e2e-port", type=int, default=8101, help="e2e: first of three free ports for the servers")
+    parser.add_argument("--e2e-port", type=int, default=8101, help="e2e: first of five free ports for the servers")
     parser.add_argument("--e2e-exporter", choices=["auto", "otlp", "none"], default="auto",
                         help="e2e: OTEL_{TRACES,METRICS}_EXPORTER; auto = otlp to the stack's collector if it is up")  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="tiny sizes, to check the harness (figures meaningless)")
@@ -126,17 +126,17 @@ def table(results: dict[str, Any]) -> str:
             add(f"END TO END — GET {r['url']}, gunicorn {r['gunicorn']['workers']} workers × {r['gunicorn']['threads']} "
                 f"threads (gthread), wrk -c{r['connections']}, {r['rounds']} rounds × {r['duration_s']} s in {r.get('burst_s')} s turns, "
                 f"exporter {r['exporter']}, errors {r['errors']}, discarded rounds {r.get('discarded_rounds', 0)}")  # fmt: skip
-            add(f"  {'configuration':16} {'req/s':>18} {'p50 ms':>18} {'p99 ms':>18} {'server CPU ms/req':>20}")
+            add(f"  {'configuration':24} {'req/s':>18} {'p50 ms':>18} {'p99 ms':>18} {'server CPU ms/req':>20}")
             for name, stats in r["configs"].items():
                 add(
-                    f"  {name:16} {fmt_spread(stats['requests_per_s'], '{:.1f}'):>18} "
+                    f"  {name:24} {fmt_spread(stats['requests_per_s'], '{:.1f}'):>18} "
                     f"{fmt_spread(stats['p50_us'], '{:.1f}', 1e-3):>18} {fmt_spread(stats['p99_us'], '{:.1f}', 1e-3):>18} "
                     f"{fmt_spread(stats['server_cpu_us_per_request'], '{:.2f}', 1e-3):>20}"
                 )
-            add(f"  {'vs otel':16} {'req/s ratio':>18} {'p50 ratio':>18} {'p99 ratio':>18} {'CPU/req ratio':>20}")
+            add(f"  {'vs otel':24} {'req/s ratio':>18} {'p50 ratio':>18} {'p99 ratio':>18} {'CPU/req ratio':>20}")
             for name, ratio in r["ratios"].items():
                 add(
-                    f"  {name:16} {fmt_spread(ratio['requests_per_s'], '{:.3f}'):>18} {fmt_spread(ratio['p50_us'], '{:.3f}'):>18} "
+                    f"  {name:24} {fmt_spread(ratio['requests_per_s'], '{:.3f}'):>18} {fmt_spread(ratio['p50_us'], '{:.3f}'):>18} "
                     f"{fmt_spread(ratio['p99_us'], '{:.3f}'):>18} {fmt_spread(ratio['server_cpu_us_per_request'], '{:.3f}'):>20}"
                 )
     if "memory" in results:
@@ -144,7 +144,7 @@ def table(results: dict[str, Any]) -> str:
         first, last = r["checkpoints"][0], r["checkpoints"][-1]
         add("")
         add(f"MEMORY — RSS (MiB) after N finished scopes (each: SERVER + 22 DB spans, literals cycling through the cache)")
-        add(f"  {'configuration':16} " + " ".join(f"{c:>8,}" for c in r["checkpoints"]) + f" {'growth ' + format(first, ',') + '→' + format(last, ','):>18}")
+        add(f"  {'configuration':24} " + " ".join(f"{c:>8,}" for c in r["checkpoints"]) + f" {'growth ' + format(first, ',') + '→' + format(last, ','):>18}")
         for name, g in r["growth"].items():
             add(f"  {name:16} " + " ".join(f"{g['rss_mib'][str(c)]:>8.1f}" for c in r["checkpoints"]) + f" {g['growth_mib']:>+17.2f}")
         for name, s in r["state"].items():

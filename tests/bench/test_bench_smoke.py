@@ -26,7 +26,7 @@ def test_run_quick_prints_table_and_writes_json(tmp_path: Path) -> None:
     assert {"otel", "otel+budget", "otel+budget,no-metrics"} <= set(results["per_span"]["configs"])
     assert {"otel+budget", "otel+budget,no-metrics"} <= set(results["per_span"]["ratios"])
     assert results["memory"]["state"]["children=0"]["bytes_per_scope"] > 0
-    assert "rss: /proc/self/statm pread (ours)" in results["probes"]["us_per_call"]
+    assert "rss: /proc/self/statm pread, GIL kept (ours)" in results["probes"]["us_per_call"]
 
 
 def test_unknown_benchmark_is_refused() -> None:
