@@ -34,3 +34,20 @@ def test_unknown_benchmark_is_refused() -> None:
     done = subprocess.run([sys.executable, str(RUN), "--only", "per_spam"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert "per_span, e2e, memory, probes" in done.stderr
+
+
+def test_gil_release_comparison_runs() -> None:
+    """`gil_release.py` runs its three interpreters and prints a row for each (figures not checked)."""
+    done = subprocess.run(
+        [sys.executable, str(RUN.parent / "gil_release.py"), "--scopes", "50"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = done.stdout.splitlines()[1:]
+    assert [row.split("  ")[0] for row in rows] == [
+        "otel",
+        "otel+budget (pread, GIL kept)",
+        "otel+budget (os.pread, GIL released)",
+    ]
