@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 from opentelemetry import context as context_api
@@ -226,23 +227,30 @@ def test_spans_without_scope_are_ignored(tracing: Tracing) -> None:
     assert tracing.processor.open_scopes == 0
 
 
+def in_threads(count: int, work: Callable[[], None]) -> None:
+    """Run `work` in `count` threads at once, each carrying the current context; wait for all."""
+    ctx = context_api.get_current()
+    start = threading.Barrier(count)
+
+    def carried() -> None:
+        token = context_api.attach(ctx)
+        try:
+            start.wait()
+            work()
+        finally:
+            context_api.detach(token)
+
+    threads = [threading.Thread(target=carried) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
 def test_spans_in_other_threads_count_when_context_is_carried(tracing: Tracing) -> None:
     """A child started in another thread with the scope's context counts toward it."""
     with tracing.request():
-        ctx = context_api.get_current()
-
-        def work() -> None:
-            token = context_api.attach(ctx)
-            try:
-                tracing.db("SELECT 1")
-            finally:
-                context_api.detach(token)
-
-        threads = [threading.Thread(target=work) for _ in range(8)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        in_threads(8, lambda: tracing.db("SELECT 1"))
     assert tracing.span("GET items/").attributes["budget.db.queries"] == 8
 
 
@@ -395,24 +403,12 @@ def test_counts_and_crossing_times_exact_across_drain_batches() -> None:
 
 def test_many_threads_appending_while_another_drains_lose_nothing(tracing: Tracing) -> None:
     """Children end in 8 threads at once (unlocked appends racing the batch count): every one is counted."""
+    def work() -> None:
+        for index in range(250):
+            tracing.db(f"SELECT * FROM t{index % 7}")
+
     with tracing.request():
-        ctx = context_api.get_current()
-        start = threading.Barrier(8)
-
-        def work() -> None:
-            token = context_api.attach(ctx)
-            try:
-                start.wait()
-                for index in range(250):
-                    tracing.db(f"SELECT * FROM t{index % 7}")
-            finally:
-                context_api.detach(token)
-
-        threads = [threading.Thread(target=work) for _ in range(8)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        in_threads(8, work)
     attributes = tracing.span("GET items/").attributes
     assert attributes["budget.db.queries"] == 2000
     assert attributes["budget.db.postgresql.queries"] == 2000
