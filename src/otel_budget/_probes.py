@@ -137,8 +137,7 @@ def _psutil_rss() -> int:
 
 def reset() -> None:
     """Forget the descriptor: after fork `/proc/self` must be opened again by the child."""
-    global _fd, _psutil_process, _slow_lock
-    _slow_lock = threading.Lock()  # a thread may have held it at the fork
+    global _fd, _psutil_process
     fd, _fd = _fd, -1
     if fd >= 0:
         try:
@@ -148,5 +147,11 @@ def reset() -> None:
     _psutil_process = None
 
 
+def _after_fork_in_child() -> None:
+    global _slow_lock
+    _slow_lock = threading.Lock()  # a thread of the parent may have held it at the fork
+    reset()
+
+
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=reset)
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -492,7 +492,7 @@ class BudgetSpanProcessor(SpanProcessor):
         if tally.kind == _RULE_HTTP and tally.span is not None:
             attributes = _attributes(tally.span)
             route = attributes.get(_HTTP_ROUTE)
-            method = attributes.get("http.request.method") or attributes.get("http.method")
+            method = _first(attributes, HTTP_METHOD)
             if route is not None and type(route) is not str:
                 route = str(route)
             name = route
