@@ -20,7 +20,7 @@ import sys
 import time
 import urllib.request
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -166,24 +166,23 @@ def _has_scopes(tasks: tuple[str, ...]) -> Callable[[list[ExportedSpan]], bool]:
 def _report(scopes: list[ExportedSpan], jaeger: JaegerReader) -> None:
     groups: dict[str, list[ExportedSpan]] = defaultdict(list)
     for span in scopes:
-        groups[span.label].append(span)
+        groups[span.scope.label].append(span)
     width = max(len(label) for label in groups)
     over_total = 0
     for label in sorted(groups, key=lambda k: (k.startswith("task"), k.split(" ", 1)[-1], k)):
         spans = sorted(groups[label], key=lambda s: s.start_us)
         latest = spans[-1]
-        budget = latest.budget
-        over = [s for s in spans if s.budget_events]
+        budget = latest.scope
+        over = [s for s in spans if s.scope.violations]
         over_total += len(over)
         verdict = f"OVER BUDGET in {len(over)} of {len(spans)}" if over else f"within budget ({len(spans)} run(s))"
-        print(f"\n{label:{width}}  rule {budget['rule']:<28} {verdict}")
-        print(f"{'':{width}}  {_summary(budget)}")
+        print(f"\n{label:{width}}  rule {budget.rule:<28} {verdict}")
+        print(f"{'':{width}}  {_summary(budget.values)}")
         worst: dict[str, tuple[float, float, str, str, str | None]] = {}
         for span in over:
-            for event in span.budget_events:
+            for event in span.scope.violations:
                 if event.metric not in worst or event.actual > worst[event.metric][1]:
-                    statement = event.attributes.get("budget.statement")
-                    worst[event.metric] = (event.limit, event.actual, event.rule, span.trace_id, statement)
+                    worst[event.metric] = (event.limit, event.actual, event.rule, span.trace_id, event.statement)
         if worst:
             print(f"{'':{width}}  {'metric':<24} {'limit':>8} {'actual':>9}  {'rule':<28} trace")
         for metric, (limit, actual, rule, trace_id, statement) in sorted(worst.items()):
@@ -194,17 +193,17 @@ def _report(scopes: list[ExportedSpan], jaeger: JaegerReader) -> None:
     print(f"\n{len(scopes)} scopes ({len(groups)} routes/tasks), {over_total} over budget.")
 
 
-def _summary(budget: dict[str, object]) -> str:
-    parts = [f"db.queries {budget.get('db.queries')}"]
+def _summary(values: Mapping[str, float]) -> str:
+    parts = [f"db.queries {_num(values.get('db.queries', 0))}"]
     for system in ("postgresql", "mongodb"):
-        if f"db.{system}.queries" in budget:
-            parts.append(f"{system} {budget[f'db.{system}.queries']}")
+        if f"db.{system}.queries" in values:
+            parts.append(f"{system} {_num(values[f'db.{system}.queries'])}")
     parts += [
-        f"repeated {budget.get('db.repeated_queries')}",
-        f"external {budget.get('external.calls')}",
-        f"tasks {budget.get('tasks.enqueued')}",
-        f"memory {_num(float(budget.get('memory.growth_mb', 0)))} MiB",  # type: ignore[arg-type]
-        f"{_num(float(budget.get('duration_ms', 0)))} ms",  # type: ignore[arg-type]
+        f"repeated {_num(values.get('db.repeated_queries', 0))}",
+        f"external {_num(values.get('external.calls', 0))}",
+        f"tasks {_num(values.get('tasks.enqueued', 0))}",
+        f"memory {_num(values.get('memory.growth_mb', 0))} MiB",
+        f"{_num(values.get('duration_ms', 0))} ms",
     ]
     return "latest: " + ", ".join(parts)
 
@@ -214,8 +213,8 @@ def _check_ground_truth(sent: list[Sent], jaeger: JaegerReader) -> None:
     agree = 0
     for item in sent:
         (span,) = [s for s in jaeger.trace(item.trace_id) if s.is_scope and s.kind == "server"]
-        pg = span.budget.get("db.postgresql.queries", 0)
-        mongo = span.budget.get("db.mongodb.queries", 0)
+        pg = span.scope.values.get("db.postgresql.queries", 0)
+        mongo = span.scope.values.get("db.mongodb.queries", 0)
         if (pg, mongo) == (item.truth["pg-statements"], item.truth["mongo-commands"]):
             agree += 1
         else:
@@ -229,7 +228,7 @@ def _check_ground_truth(sent: list[Sent], jaeger: JaegerReader) -> None:
 
 def _where_next(scopes: list[ExportedSpan], jaeger: JaegerReader, services: tuple[str, ...]) -> None:
     _heading("6. where to look next")
-    example = next((s for s in scopes if s.budget_events), scopes[0])
+    example = next((s for s in scopes if s.scope.violations), scopes[0])
     print(f"Jaeger      {jaeger.link(example.trace_id)}")
     if not _has_jaeger_ui(jaeger.link(example.trace_id)):
         print("            (this stack's Jaeger is built without its UI assets; the JSON API has the same data:)")

@@ -2,10 +2,11 @@
 
     reader = JaegerReader()
     spans = reader.wait_for(trace_id, lambda spans: any(s.is_scope for s in spans))
-    scope = next(s for s in spans if s.is_scope)
-    scope.budget["db.queries"], [e.metric for e in scope.budget_events]
+    scope = next(s for s in spans if s.is_scope).scope  # an otel_budget ScopeResult
+    scope.values["db.queries"], [v.metric for v in scope.violations]
 
-Standard library only; used by examples/demo.py and tests/e2e.
+Standard library and otel_budget (its `spanformat` reads what it wrote); used by examples/demo.py and
+tests/e2e.
 """
 
 from __future__ import annotations
@@ -19,26 +20,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from otel_budget import spanformat
+from otel_budget.results import ScopeResult
+
 JAEGER_URL = "http://127.0.0.1:16686"
-BUDGET_PREFIX = "budget."
-EXCEEDED = "budget.exceeded"
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never proxy loopback
 
 
 class JaegerError(RuntimeError):
     """Jaeger did not answer, or not with what was waited for."""
-
-
-@dataclass(frozen=True)
-class BudgetEvent:
-    """One `budget.exceeded` event as Jaeger returns it."""
-
-    metric: str
-    limit: float
-    actual: float
-    rule: str
-    attributes: Mapping[str, Any]
-    timestamp_us: int
 
 
 @dataclass(frozen=True)
@@ -62,35 +52,25 @@ class ExportedSpan:
         return "budget.violations" in self.attributes
 
     @property
-    def budget(self) -> dict[str, Any]:
-        """The `budget.*` summary attributes, without the prefix: {"db.queries": 21, "rule": "http", ...}."""
-        return {k[len(BUDGET_PREFIX) :]: v for k, v in self.attributes.items() if k.startswith(BUDGET_PREFIX)}
+    def scope(self) -> ScopeResult:
+        """What otel-budget wrote on this scope span, read back by `otel_budget.spanformat`.
 
-    @property
-    def budget_events(self) -> list[BudgetEvent]:
-        return [
-            BudgetEvent(
-                metric=str(attrs.get("budget.metric")),
-                limit=float(attrs.get("budget.limit", "nan")),
-                actual=float(attrs.get("budget.actual", "nan")),
-                rule=str(attrs.get("budget.rule")),
-                attributes=attrs,
-                timestamp_us=ts,
-            )
-            for name, attrs, ts in self.events
-            if name == EXCEEDED
-        ]
-
-    @property
-    def label(self) -> str:
-        """`GET orders/` or `task store.tasks.rebuild_search_index`."""
-        route = self.attributes.get("http.route")
-        if route is not None:
-            method = self.attributes.get("http.request.method") or self.attributes.get("http.method") or ""
-            return f"{method} {route}".strip()
-        if self.kind == "consumer" and self.name.startswith("run/"):
-            return f"task {self.name[4:]}"
-        return self.name
+        Raises:
+            JaegerError: the span is not a scope span.
+        """
+        scope = spanformat.decode(
+            self.attributes,
+            [(name, attributes, timestamp_us * 1000) for name, attributes, timestamp_us in self.events],
+            span_name=self.name,
+            span_kind=self.kind,
+            trace_id=int(self.trace_id, 16),
+            span_id=int(self.span_id, 16),
+            service=self.service,
+            start_ns=self.start_us * 1000,
+        )
+        if scope is None:
+            raise JaegerError(f"{self.service}:{self.name} is not a scope span (no budget.violations)")
+        return scope
 
 
 class JaegerReader:

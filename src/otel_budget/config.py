@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from otel_budget import names
+from otel_budget.tally import CompiledLimits, compile_limits
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -87,6 +88,11 @@ class BudgetRule:
     name: str
     limits: Mapping[str, float]
     sources: Mapping[str, str]
+    # The limits as the tally compares them, compiled once here so that the hot path only reads them.
+    compiled: CompiledLimits = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "compiled", compile_limits(self.limits))
 
     def overridden(self, name: str, limits: Mapping[str, float]) -> BudgetRule:
         """This rule with `limits` replacing what they name, credited to rule `name`."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import enum
+
 # Metrics a scope is measured on (DESIGN.md, "What is measured").
 DURATION_MS = "duration_ms"
 CPU_MS = "cpu_ms"
@@ -45,6 +47,16 @@ DB_SYSTEMS = frozenset(
 )
 
 
+# `db.system` values whose statements are SQL: normalised as SQL before repeats are counted.
+SQL_SYSTEMS = frozenset(
+    {
+        "postgresql", "mysql", "mariadb", "sqlite", "mssql", "oracle", "other_sql", "cockroachdb", "db2", "h2",
+        "clickhouse", "trino", "hive", "sqlserver", "oracle.db", "ibm.db2", "microsoft.sql_server", "spanner",
+        "gcp.spanner",
+    }
+)  # fmt: skip
+
+
 def db_queries_metric(system: str) -> str:
     return f"db.{system}.queries"
 
@@ -65,26 +77,51 @@ EVENT_ACTUAL = "budget.actual"
 EVENT_RULE = "budget.rule"
 EVENT_STATEMENT = "budget.statement"
 
+
+
+class ScopeKind(str, enum.Enum):
+    """What a scope is: an HTTP request, a Celery task, or code the user wrapped in `budget_scope`.
+
+    The values are also the budgets file's section names and the rule names of those sections.
+    """
+
+    HTTP = "http"
+    CELERY = "celery"
+    SCOPE = "scope"
+
+    def __str__(self) -> str:  # "http", not "ScopeKind.HTTP" (StrEnum is Python 3.11+)
+        return str(self.value)
+
+    def __format__(self, format_spec: str) -> str:
+        return format(str(self.value), format_spec)
+
+
 # Rule names (`budget.rule`).
-RULE_HTTP = "http"
-RULE_CELERY = "celery"
+RULE_HTTP = ScopeKind.HTTP.value
+RULE_CELERY = ScopeKind.CELERY.value
 RULE_CODE = "code"
-RULE_SCOPE = "scope"
+RULE_SCOPE = ScopeKind.SCOPE.value
 ROUTE_RULE_PREFIX = "route:"
 TASK_RULE_PREFIX = "task:"
 
-# Attributes we read from spans (old and stable semantic conventions).
-DB_SYSTEM = ("db.system.name", "db.system")
-DB_STATEMENT = ("db.query.text", "db.statement")
+# Attributes we read from spans (old and stable semantic conventions); the first of each pair wins.
+DB_SYSTEM_NAME = "db.system.name"
+DB_SYSTEM_OLD = "db.system"
+DB_QUERY_TEXT = "db.query.text"
+DB_STATEMENT_OLD = "db.statement"
+HTTP_REQUEST_METHOD_OLD = "http.method"
+DB_SYSTEM = (DB_SYSTEM_NAME, DB_SYSTEM_OLD)
+DB_STATEMENT = (DB_QUERY_TEXT, DB_STATEMENT_OLD)
 DB_OPERATION = ("db.operation.name", "db.operation")
 DB_COLLECTION = ("db.collection.name", "db.mongodb.collection")
-HTTP_METHOD = ("http.request.method", "http.method")
+HTTP_METHOD = ("http.request.method", HTTP_REQUEST_METHOD_OLD)
 HTTP_URL = ("url.full", "http.url")
 HTTP_ROUTE = "http.route"
 HTTP_REQUEST_METHOD = "http.request.method"
 CELERY_TASK_NAME = "celery.task_name"
 CELERY_ACTION = "celery.action"
 SCOPE_NAME = "budget.scope"
+SPAN_KIND = "span.kind"  # Jaeger's tag for the span kind
 
 # OpenTelemetry metrics (instruments).
 METER_NAME = "otel_budget"

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 
 from otel_budget import names
 from otel_budget.config import BudgetConfig
-from otel_budget.sources import ScopeSpan
+from otel_budget.results import ScopeResult
 
 __all__ = ["Offender", "Report", "WorstScope", "build_report", "percentile", "render_json", "render_text"]
 
@@ -76,7 +76,7 @@ def percentile(values: Sequence[float], p: float) -> float:
 
 
 def build_report(
-    spans: Iterable[ScopeSpan],
+    spans: Iterable[ScopeResult],
     *,
     budgets: BudgetConfig | None = None,
     top: int = 20,
@@ -87,7 +87,7 @@ def build_report(
     A metric is listed when it has a limit: from its `budget.exceeded` events, or from `budgets`.
     """
     spans = list(spans)
-    groups: dict[tuple[str, str, str | None], list[ScopeSpan]] = defaultdict(list)
+    groups: dict[tuple[str, str, str | None], list[ScopeResult]] = defaultdict(list)
     for span in spans:
         groups[(span.kind, span.name, span.method)].append(span)
     offenders = [
@@ -107,7 +107,9 @@ def build_report(
     )
 
 
-def _offenders(key: tuple[str, str, str | None], members: list[ScopeSpan], budgets: BudgetConfig | None) -> list[Offender]:
+def _offenders(
+    key: tuple[str, str, str | None], members: list[ScopeResult], budgets: BudgetConfig | None
+) -> list[Offender]:
     kind, name, method = key
     configured = budgets.rule_for(kind, name, method).limits if budgets is not None else {}
     metrics = sorted({metric for span in members for metric in span.values})
@@ -115,14 +117,14 @@ def _offenders(key: tuple[str, str, str | None], members: list[ScopeSpan], budge
     for metric in metrics:
         reporting = [span for span in members if metric in span.values]
         values = [span.values[metric] for span in reporting]
-        events = [(span, event) for span in reporting for event in span.exceeded if event.metric == metric]
-        events.sort(key=lambda pair: (-pair[1].actual, -pair[0].start_ns))
-        latest = max(events, key=lambda pair: pair[0].start_ns)[1] if events else None
+        events = [(span, event) for span in reporting for event in span.violations if event.metric == metric]
+        events.sort(key=lambda pair: (-pair[1].actual, -(pair[0].start_ns or 0)))
+        latest = max(events, key=lambda pair: pair[0].start_ns or 0)[1] if events else None
         limit = latest.limit if latest is not None else configured.get(metric)
         if events:
-            examples = _unique(span.trace_id for span, _ in events)
+            examples = _unique(span.trace_id_hex for span, _ in events)
         else:
-            examples = _unique(span.trace_id for span in sorted(reporting, key=lambda s: -s.values[metric]))
+            examples = _unique(span.trace_id_hex for span in sorted(reporting, key=lambda s: -s.values[metric]))
         result.append(
             Offender(
                 label=members[0].label,
@@ -143,10 +145,10 @@ def _offenders(key: tuple[str, str, str | None], members: list[ScopeSpan], budge
     return result
 
 
-def _worst(groups: Mapping[tuple[str, str, str | None], list[ScopeSpan]]) -> tuple[WorstScope, ...]:
+def _worst(groups: Mapping[tuple[str, str, str | None], list[ScopeResult]]) -> tuple[WorstScope, ...]:
     best: dict[str, WorstScope] = {}
     for (kind, _, _), members in groups.items():
-        over = [span for span in members if span.exceeded]
+        over = [span for span in members if span.violations]
         if not over:
             continue
         candidate = WorstScope(
@@ -154,8 +156,8 @@ def _worst(groups: Mapping[tuple[str, str, str | None], list[ScopeSpan]]) -> tup
             kind=kind,
             runs=len(members),
             over=len(over),
-            violations=sum(len(span.exceeded) for span in members),
-            example_trace=max(over, key=lambda span: len(span.exceeded)).trace_id,
+            violations=sum(len(span.violations) for span in members),
+            example_trace=max(over, key=lambda span: len(span.violations)).trace_id_hex,
         )
         current = best.get(kind)
         if current is None or (candidate.over, candidate.violations) > (current.over, current.violations):

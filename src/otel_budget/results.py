@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from otel_budget.names import ScopeKind
+
 __all__ = ["ScopeResult", "Violation"]
 
 
@@ -28,9 +30,14 @@ class Violation:
 
 @dataclass(frozen=True)
 class ScopeResult:
-    """The tally of one finished scope (HTTP request, Celery task or explicit scope)."""
+    """The tally of one finished scope (HTTP request, Celery task or explicit scope).
 
-    kind: str  # "http", "celery" or "scope"
+    The processor makes one per scope for its listeners and metrics; `spanformat.decode` makes the same
+    from an exported span (then `service` and `start_ns` are known, and `repeated_statement` only when a
+    `db.repeated_queries` event carried it).
+    """
+
+    kind: ScopeKind
     name: str  # http.route (or the span name while unresolved), task name, or scope name
     method: str | None
     rule: str
@@ -39,6 +46,13 @@ class ScopeResult:
     trace_id: int
     span_id: int
     repeated_statement: str | None = None
+    config_error: str | None = None  # why the budgets file could not be used (then the built-in defaults applied)
+    service: str | None = None  # `service.name`, when read back from a backend
+    start_ns: int | None = None  # the scope span's start, when read back from a backend
+
+    @property
+    def span_id_hex(self) -> str:
+        return f"{self.span_id:016x}"
 
     @property
     def trace_id_hex(self) -> str:
@@ -47,9 +61,9 @@ class ScopeResult:
     @property
     def label(self) -> str:
         """`GET orders/<int:pk>/`, `task shop.tasks.rebuild`, `scope nightly-import`."""
-        if self.kind == "http":
+        if self.kind == ScopeKind.HTTP:
             return f"{self.method or ''} {self.name}".strip()
-        return f"{'task' if self.kind == 'celery' else 'scope'} {self.name}"
+        return f"{'task' if self.kind == ScopeKind.CELERY else 'scope'} {self.name}"
 
     def describe(self) -> str:
         lines = [f"{self.label}: {len(self.violations)} budget(s) exceeded (trace {self.trace_id_hex})"]

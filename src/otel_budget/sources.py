@@ -1,6 +1,6 @@
 """Where `otel-budget report` reads scope spans from: Jaeger's HTTP API or an OTLP/JSON file.
 
-Both are read into `ScopeSpan`: what the processor wrote on one scope span.
+Both are read into `ScopeResult` by `spanformat.decode`: what the processor wrote on one scope span.
 """
 
 from __future__ import annotations
@@ -15,14 +15,12 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
-from otel_budget import names
+from otel_budget import names, spanformat
+from otel_budget.results import ScopeResult
 
 __all__ = [
-    "Exceeded",
-    "ScopeSpan",
     "SourceError",
     "parse_lookback",
     "read_jaeger",
@@ -31,8 +29,6 @@ __all__ = [
     "scope_spans_from_otlp",
 ]
 
-# Our own attributes that are not metrics.
-_NOT_METRICS = frozenset({names.ATTR_VIOLATIONS, names.ATTR_RULE, names.ATTR_CONFIG_ERROR, names.SCOPE_NAME})
 _LOOKBACK = re.compile(r"^(\d+)([smhdw])$")
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _OTLP_KINDS = {2: "server", 5: "consumer", "SPAN_KIND_SERVER": "server", "SPAN_KIND_CONSUMER": "consumer"}
@@ -42,40 +38,6 @@ Progress = Callable[[str], None]
 
 class SourceError(Exception):
     """Spans could not be read: the backend is unreachable or the file is not OTLP/JSON."""
-
-
-@dataclass(frozen=True)
-class Exceeded:
-    """One `budget.exceeded` event."""
-
-    metric: str
-    limit: float
-    actual: float
-    rule: str
-    statement: str | None = None
-
-
-@dataclass(frozen=True)
-class ScopeSpan:
-    """One scope span (request, task or explicit scope) as exported: its `budget.*` attributes and events."""
-
-    kind: str  # "http", "celery" or "scope"
-    name: str  # http.route, task name or scope name
-    method: str | None
-    service: str
-    trace_id: str  # 32 lowercase hex digits
-    span_id: str
-    start_ns: int
-    rule: str
-    values: Mapping[str, float]
-    exceeded: tuple[Exceeded, ...]
-
-    @property
-    def label(self) -> str:
-        """`GET orders/<int:pk>/`, `task shop.tasks.rebuild`, `scope nightly-import` (as `ScopeResult.label`)."""
-        if self.kind == names.RULE_HTTP:
-            return f"{self.method or ''} {self.name}".strip()
-        return f"{'task' if self.kind == names.RULE_CELERY else 'scope'} {self.name}"
 
 
 def parse_lookback(text: str) -> int:
@@ -99,7 +61,7 @@ def read_jaeger(
     limit: int = 500,
     progress: Progress | None = None,
     timeout: float = 30.0,
-) -> tuple[list[ScopeSpan], list[str]]:
+) -> tuple[list[ScopeResult], list[str]]:
     """Scope spans of the traces Jaeger has for `services` (default: every service it knows).
 
     Returns the spans and the services read.
@@ -113,8 +75,8 @@ def read_jaeger(
         say(f"jaeger: listing services at {base}/api/services")
         services = sorted(_get_json(f"{base}/api/services", timeout).get("data") or [])
     end_us = int(time.time() * 1e6)
-    seen: set[tuple[str, str]] = set()
-    spans: list[ScopeSpan] = []
+    seen: set[tuple[int, int]] = set()
+    spans: list[ScopeResult] = []
     for service in services:
         started = time.monotonic()
         query = urllib.parse.urlencode(
@@ -138,29 +100,29 @@ def read_jaeger(
     return spans, list(services)
 
 
-def scope_spans_from_jaeger(traces: Iterable[Mapping[str, Any]]) -> Iterator[ScopeSpan]:
+def scope_spans_from_jaeger(traces: Iterable[Mapping[str, Any]]) -> Iterator[ScopeResult]:
     """The scope spans in Jaeger's v1 JSON traces (`/api/traces` → `data`)."""
     for trace in traces:
         processes = trace.get("processes") or {}
         for span in trace.get("spans") or []:
             attributes = {tag["key"]: tag.get("value") for tag in span.get("tags") or []}
-            if names.ATTR_VIOLATIONS not in attributes:
-                continue
             events = []
             for log in span.get("logs") or []:
                 fields = {field["key"]: field.get("value") for field in log.get("fields") or []}
-                events.append((str(fields.pop("event", "")), fields))
+                events.append((str(fields.pop("event", "")), fields, int(log.get("timestamp", 0)) * 1000))
             process = processes.get(span.get("processID"), {})
-            yield _scope_span(
+            scope = spanformat.decode(
                 attributes,
                 events,
                 span_name=str(span.get("operationName", "")),
-                span_kind=str(attributes.get("span.kind", "")),
+                span_kind=str(attributes.get(names.SPAN_KIND, "")),
                 service=str(process.get("serviceName", "")),
-                trace_id=_hex_id(span.get("traceID", ""), 32),
-                span_id=_hex_id(span.get("spanID", ""), 16),
+                trace_id=_int_id(span.get("traceID", "")),
+                span_id=_int_id(span.get("spanID", "")),
                 start_ns=int(span.get("startTime", 0)) * 1000,
             )
+            if scope is not None:
+                yield scope
 
 
 def _get_json(url: str, timeout: float) -> dict[str, Any]:
@@ -184,7 +146,7 @@ def _get_json(url: str, timeout: float) -> dict[str, Any]:
 
 
 # -- OTLP/JSON ----------------------------------------------------------------------------------------------
-def read_otlp_json(path: str) -> list[ScopeSpan]:
+def read_otlp_json(path: str) -> list[ScopeResult]:
     """Scope spans in an OTLP/JSON file: the collector's file exporter (one request per line),
     Jaeger's `/api/v3/traces` answer, or a single `{"resourceSpans": [...]}` document; `-` reads stdin.
 
@@ -200,7 +162,7 @@ def read_otlp_json(path: str) -> list[ScopeSpan]:
     except OSError as exc:
         raise SourceError(f"{path}: cannot read: {exc.strerror}") from None
     documents = _json_documents(text, path)
-    spans: list[ScopeSpan] = []
+    spans: list[ScopeResult] = []
     for document in documents:
         spans.extend(scope_spans_from_otlp(document))
     return spans
@@ -223,7 +185,7 @@ def _json_documents(text: str, path: str) -> list[Any]:
     return documents
 
 
-def scope_spans_from_otlp(document: Any) -> Iterator[ScopeSpan]:
+def scope_spans_from_otlp(document: Any) -> Iterator[ScopeResult]:
     """The scope spans in one OTLP/JSON `ExportTraceServiceRequest` (or Jaeger's `{"result": ...}`)."""
     if not isinstance(document, dict):
         raise SourceError(f"expected an OTLP/JSON object with resourceSpans, got {type(document).__name__}")
@@ -236,23 +198,26 @@ def scope_spans_from_otlp(document: Any) -> Iterator[ScopeSpan]:
         service = str(resource.get("service.name", ""))
         for scope_spans in resource_spans.get("scopeSpans") or []:
             for span in scope_spans.get("spans") or []:
-                attributes = _otlp_attributes(span.get("attributes"))
-                if names.ATTR_VIOLATIONS not in attributes:
-                    continue
                 events = [
-                    (str(event.get("name", "")), _otlp_attributes(event.get("attributes")))
+                    (
+                        str(event.get("name", "")),
+                        _otlp_attributes(event.get("attributes")),
+                        int(event.get("timeUnixNano", 0)),
+                    )
                     for event in span.get("events") or []
                 ]
-                yield _scope_span(
-                    attributes,
+                scope = spanformat.decode(
+                    _otlp_attributes(span.get("attributes")),
                     events,
                     span_name=str(span.get("name", "")),
                     span_kind=_OTLP_KINDS.get(span.get("kind", 0), ""),
                     service=service,
-                    trace_id=_hex_id(span.get("traceId", ""), 32),
-                    span_id=_hex_id(span.get("spanId", ""), 16),
+                    trace_id=_int_id(span.get("traceId", "")),
+                    span_id=_int_id(span.get("spanId", "")),
                     start_ns=int(span.get("startTimeUnixNano", 0)),
                 )
+                if scope is not None:
+                    yield scope
 
 
 def _otlp_attributes(items: Any) -> dict[str, Any]:
@@ -273,72 +238,15 @@ def _otlp_value(value: Mapping[str, Any]) -> Any:
     return None
 
 
-def _hex_id(raw: str, digits: int) -> str:
+def _int_id(raw: str) -> int:
     """OTLP/JSON and Jaeger ids are hex; protobuf's own JSON mapping writes base64 (padded with `=`)."""
     text = str(raw)
     if text.endswith("="):
         try:
-            return base64.b64decode(text, validate=True).hex().rjust(digits, "0")
+            return int.from_bytes(base64.b64decode(text, validate=True), "big")
         except (binascii.Error, ValueError):
             pass
-    return text.lower().rjust(digits, "0")
-
-
-# -- both ---------------------------------------------------------------------------------------------------
-def _scope_span(
-    attributes: Mapping[str, Any],
-    events: Iterable[tuple[str, Mapping[str, Any]]],
-    *,
-    span_name: str,
-    span_kind: str,
-    service: str,
-    trace_id: str,
-    span_id: str,
-    start_ns: int,
-) -> ScopeSpan:
-    kind, name, method = _identify(attributes, span_name, span_kind)
-    values = {
-        key[len(names.PREFIX) :]: float(value)
-        for key, value in attributes.items()
-        if key.startswith(names.PREFIX) and key not in _NOT_METRICS and _is_number(value)
-    }
-    exceeded = tuple(
-        Exceeded(
-            metric=str(fields.get(names.EVENT_METRIC, "")),
-            limit=float(fields.get(names.EVENT_LIMIT, 0)),
-            actual=float(fields.get(names.EVENT_ACTUAL, 0)),
-            rule=str(fields.get(names.EVENT_RULE, "")),
-            statement=str(fields[names.EVENT_STATEMENT]) if fields.get(names.EVENT_STATEMENT) else None,
-        )
-        for event_name, fields in events
-        if event_name == names.EVENT_EXCEEDED
-    )
-    return ScopeSpan(
-        kind=kind,
-        name=name,
-        method=method,
-        service=service,
-        trace_id=trace_id,
-        span_id=span_id,
-        start_ns=start_ns,
-        rule=str(attributes.get(names.ATTR_RULE, "")),
-        values=values,
-        exceeded=exceeded,
-    )
-
-
-def _identify(attributes: Mapping[str, Any], span_name: str, span_kind: str) -> tuple[str, str, str | None]:
-    """(kind, name, method) of a scope span, from the attributes the instrumentations and we set."""
-    if attributes.get(names.SCOPE_NAME) is not None:
-        return names.RULE_SCOPE, str(attributes[names.SCOPE_NAME]), None
-    method = next((str(attributes[key]) for key in names.HTTP_METHOD if attributes.get(key) is not None), None)
-    if span_kind == "server" or attributes.get(names.HTTP_ROUTE) is not None or method is not None:
-        return names.RULE_HTTP, str(attributes.get(names.HTTP_ROUTE) or span_name), method
-    task = attributes.get(names.CELERY_TASK_NAME)
-    if task is None:
-        task = span_name[4:] if span_name.startswith("run/") else span_name
-    return names.RULE_CELERY, str(task), None
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    try:
+        return int(text, 16) if text else 0
+    except ValueError:
+        raise SourceError(f"not a trace or span id: {text[:40]!r}") from None

@@ -61,9 +61,9 @@ def test_jaeger_request_span() -> None:
     assert (scope.kind, scope.name, scope.method, scope.label, scope.service) == (
         "http", "orders/", "GET", "GET orders/", "shop"
     )  # fmt: skip
-    assert scope.trace_id == "000000000000000000f067aa0ba902b7"
+    assert scope.trace_id_hex == "000000000000000000f067aa0ba902b7"
     assert scope.values == {"db.queries": 4.0}
-    assert [(e.metric, e.limit, e.actual, e.rule) for e in scope.exceeded] == [("db.queries", 3.0, 4.0, "code")]
+    assert [(e.metric, e.limit, e.actual, e.rule) for e in scope.violations] == [("db.queries", 3.0, 4.0, "code")]
 
 
 def test_jaeger_task_and_scope_spans() -> None:
@@ -104,7 +104,7 @@ def test_otlp_base64_ids_and_string_ints() -> None:
         ]
     }
     [scope] = scope_spans_from_otlp(document)
-    assert (scope.trace_id, scope.span_id) == ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7")
+    assert (scope.trace_id_hex, scope.span_id_hex) == ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7")
     assert (scope.label, scope.service, scope.values) == (
         "task shop.rebuild", "worker", {"db.queries": 12.0, "duration_ms": 1.5}
     )  # fmt: skip

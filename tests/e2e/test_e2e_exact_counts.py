@@ -31,11 +31,12 @@ def test_exported_counts_are_exact(
     response = probed[(pg, mongo, atomic)]
     truth = response.ground_truth
     span = traces.wait(response.trace_id).request
-    budget = span.budget
+    scope = span.scope
+    budget = scope.values
     assert truth["transaction_control"] == (2 if atomic else 0)  # Django logs BEGIN and COMMIT ...
     assert truth["django_captured"] == pg + truth["transaction_control"]
     assert budget.get("db.postgresql.queries", 0) == pg == truth["pg_statements"]  # ... psycopg2 sends no span
     assert budget.get("db.mongodb.queries", 0) == mongo == truth["mongo_commands"]
     assert budget["db.queries"] == pg + mongo
     assert budget["db.repeated_queries"] == max(pg, mongo)  # one statement shape per system
-    assert (budget["rule"], budget["violations"]) == ("route:probe/*", 0)
+    assert (scope.rule, len(scope.violations)) == ("route:probe/*", 0)

@@ -24,6 +24,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from otel_budget import spanformat
+from otel_budget.results import ScopeResult
+
 HERE = Path(__file__).resolve().parent
 REPO_DIR = HERE.parent.parent
 APPS_DIR = HERE / "apps"
@@ -355,8 +358,23 @@ class JaegerSpan:
     def is_scope(self) -> bool:
         return "budget.violations" in self.attributes
 
-    def budget(self, metric: str) -> Any:
-        return self.attributes.get("budget." + metric)
+    @property
+    def scope(self) -> ScopeResult | None:
+        """What otel-budget wrote on this span, read back by `otel_budget.spanformat` (None: not a scope span)."""
+        return spanformat.decode(
+            self.attributes,
+            [(name, fields, 0) for name, fields in self.events],  # event times are not read here
+            span_name=self.name,
+            span_kind=self.kind,
+            trace_id=int(self.trace_id, 16),
+            span_id=int(self.span_id, 16),
+            service=self.service,
+        )
+
+    def budget(self, metric: str) -> float | None:
+        """The scope's value of `metric`; None when it has none (or is no scope span)."""
+        scope = self.scope
+        return scope.values.get(metric) if scope is not None else None
 
 
 def _jaeger(path: str) -> Any:

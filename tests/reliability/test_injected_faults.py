@@ -1,7 +1,7 @@
 """Our own failures stay ours: an exception inside otel-budget never reaches the request or the task.
 
 Faults are injected into the real app processes (tests/reliability/apps/reliability_app/faults.py):
-statement normalisation raising on a marked statement, `ScopeTally.count_task` raising, a scope
+statement normalisation raising on a marked statement, `ScopeTally.add` (an enqueued task) raising, a scope
 listener raising, and a budget rule whose limit is not a number (for one route and one task).
 Hostile requests and tasks are interleaved with ordinary ones whose counts must stay exact.
 """
@@ -98,7 +98,7 @@ def test_faults_inside_otel_budget_never_reach_requests_or_tasks(
         f"{len(responses)} requests ({ROUNDS * len(HOSTILE_ROUTES)} hostile) all 200, {len(hostile_tasks)} hostile "
         f"tasks all SUCCESS; {len(ordinary) + len(want) - len(wrong)} of {len(ordinary) + len(want)} ordinary "
         f"scopes exact; hostile requests' db.queries (measured, made) {hostile_counts}; tasks.enqueued "
-        f"where count_task raised {enqueued}; web logged {logged(web_errors)}; worker logged {logged(worker_errors)}",
+        f"where ScopeTally.add raised {enqueued}; web logged {logged(web_errors)}; worker logged {logged(worker_errors)}",
     )
     assert wrong == []
     assert all(got == pg for got, pg in hostile_counts["listener"]), "a failing listener costs nothing else"

@@ -422,16 +422,16 @@ def test_a_statement_that_cannot_be_normalised_costs_only_itself(
     tracing: Tracing, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """One failing span in a batch is left out; the others in the same batch are counted."""
-    from otel_budget import processor as processor_module
+    from otel_budget import tally as tally_module
 
-    original = processor_module.normalize_sql
+    original = tally_module.normalize_sql
 
     def normalize_sql(statement: str) -> str:
         if "poison" in statement:
             raise ValueError("injected")
         return original(statement)
 
-    monkeypatch.setattr(processor_module, "normalize_sql", normalize_sql)
+    monkeypatch.setattr(tally_module, "normalize_sql", normalize_sql)
     _ratelimit.reset()
     with tracing.request():
         for index in range(40):

@@ -14,9 +14,9 @@ from typing import Any
 from opentelemetry import trace
 
 import otel_budget
-from otel_budget import processor as processor_module
+from otel_budget import tally as tally_module
 from otel_budget.config import BudgetConfig, Override
-from otel_budget.processor import ScopeTally
+from otel_budget.tally import ScopeTally
 from otel_budget.results import ScopeResult
 
 FAULT_MARKER = "otel-budget-fault"
@@ -41,21 +41,21 @@ def install_faults() -> None:
 
 
 def _hostile_normalisation() -> None:
-    original = processor_module.normalize_sql
+    original = tally_module.normalize_sql
 
     def normalize_sql(statement: str) -> str:
         if FAULT_MARKER in statement:
             raise InjectedFault("injected: statement normalisation failed")
         return original(statement)
 
-    processor_module.normalize_sql = normalize_sql
+    tally_module.normalize_sql = normalize_sql
 
 
 def _raising_tally_method() -> None:
-    def count_task(self: ScopeTally, end_ns: int) -> None:
-        raise InjectedFault("injected: ScopeTally.count_task failed")
+    def add(self: ScopeTally, slot: int, amount: int, at_ns: int) -> None:  # what an enqueued task calls
+        raise InjectedFault("injected: ScopeTally.add failed")
 
-    ScopeTally.count_task = count_task  # type: ignore[method-assign]
+    ScopeTally.add = add  # type: ignore[method-assign]
 
 
 def _raising_listener(result: ScopeResult) -> None:

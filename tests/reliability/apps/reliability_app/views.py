@@ -70,7 +70,7 @@ def hostile_listener(request: HttpRequest) -> JsonResponse:
 
 @require_GET
 def hostile_enqueue(request: HttpRequest) -> JsonResponse:
-    """`pg` queries, then a real Celery task is enqueued: the (injected) ScopeTally.count_task raises."""
+    """`pg` queries, then a real Celery task is enqueued: the (injected) ScopeTally.add raises."""
     _pg_queries(_count(request, "pg"))
     result = tasks.probe.delay(_count(request, "task_pg"), 0)
     return JsonResponse({"pid": os.getpid(), "task_id": result.id})

@@ -1,0 +1,157 @@
+"""Every read of the SDK span's private fields, in one place, checked against the SDK once at import.
+
+The hot path reads `_parent`, `_kind`, `_context`, `_name`, `_start_time`, `_end_time` and
+`_attributes._dict` directly: each public property costs a call, and `span.attributes` a new
+MappingProxy per read. A SpanContext is, by its declared type, the tuple (trace_id, span_id,
+is_remote, ...), so indexing it saves a property call per field. At import a probe span checks that the
+SDK still has that shape (`SHAPE_OK`); where it does not, every accessor here is the public one.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any
+
+from opentelemetry.attributes import BoundedAttributes
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, Span, TracerProvider
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON
+from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, set_span_in_context
+
+__all__ = [
+    "SHAPE_OK",
+    "attributes",
+    "kind",
+    "name",
+    "parent",
+    "set_clean_attributes",
+    "span_id",
+    "times",
+]
+
+logger = logging.getLogger(__name__)
+
+EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+def _check_shape() -> bool:
+    """True when an SDK span has the private fields this module reads, with the meaning it assumes."""
+    parent = SpanContext(trace_id=1, span_id=3, is_remote=True)
+    try:
+        provider = TracerProvider(sampler=ALWAYS_ON, resource=Resource.get_empty(), shutdown_on_exit=False)
+        probe = provider.get_tracer("otel_budget").start_span(
+            "otel-budget-shape", context=set_span_in_context(NonRecordingSpan(parent)), kind=SpanKind.SERVER
+        )
+        probe.set_attribute("k", "v")
+        assert isinstance(probe, Span)
+        bounded = probe._attributes
+        started = type(probe._start_time) is int and probe._end_time is None
+        probe.end()
+        return (
+            started
+            and type(probe._end_time) is int
+            and probe._parent is parent
+            and (parent[1], parent[2]) == (3, True)
+            and probe._context[1] == probe.get_span_context().span_id  # type: ignore[index]
+            and probe._kind is SpanKind.SERVER
+            and probe._name == "otel-budget-shape"
+            and type(bounded) is BoundedAttributes
+            and bounded._dict == {"k": "v"}
+            and hasattr(probe, "_lock")
+            and hasattr(bounded, "_lock")
+            and bounded._immutable is True  # frozen at end
+        )
+    except Exception:  # another SDK: any difference means "use the public API"
+        return False
+
+
+SHAPE_OK = _check_shape()
+if not SHAPE_OK:
+    logger.info("otel-budget: this OpenTelemetry SDK's spans differ from 1.45's; reading them through the public API")
+
+
+# -- the fast readers (SDK 1.45's fields) -------------------------------------------------------------
+def _fast_parent(span: ReadableSpan) -> SpanContext | None:
+    return span._parent
+
+
+def _fast_kind(span: ReadableSpan) -> SpanKind:
+    return span._kind
+
+
+def _fast_span_id(span: ReadableSpan) -> int:
+    return span._context[1]  # type: ignore[index]
+
+
+def _fast_name(span: ReadableSpan) -> str:
+    return span._name
+
+
+def _fast_times(span: ReadableSpan) -> tuple[int | None, int | None]:
+    return span._start_time, span._end_time
+
+
+def _fast_attributes(span: ReadableSpan) -> Mapping[str, Any]:
+    """A span's attributes, read-only, without the new MappingProxy that `span.attributes` makes per call."""
+    found = span._attributes
+    if type(found) is BoundedAttributes:  # the SDK's spans: a dict inside
+        return found._dict
+    return span.attributes or EMPTY
+
+
+# -- the public readers (any SDK) ---------------------------------------------------------------------
+def _public_parent(span: ReadableSpan) -> SpanContext | None:
+    return span.parent
+
+
+def _public_kind(span: ReadableSpan) -> SpanKind:
+    return span.kind
+
+
+def _public_span_id(span: ReadableSpan) -> int:
+    context = span.context
+    return context.span_id if context is not None else 0
+
+
+def _public_name(span: ReadableSpan) -> str:
+    return span.name
+
+
+def _public_times(span: ReadableSpan) -> tuple[int | None, int | None]:
+    return span.start_time, span.end_time
+
+
+def _public_attributes(span: ReadableSpan) -> Mapping[str, Any]:
+    return span.attributes or EMPTY
+
+
+parent = _fast_parent if SHAPE_OK else _public_parent
+kind = _fast_kind if SHAPE_OK else _public_kind
+span_id = _fast_span_id if SHAPE_OK else _public_span_id
+name = _fast_name if SHAPE_OK else _public_name
+times = _fast_times if SHAPE_OK else _public_times
+attributes = _fast_attributes if SHAPE_OK else _public_attributes
+
+
+def set_clean_attributes(span: Span, values: dict[str, Any]) -> bool:
+    """Add `values` to an SDK span's attributes in one `dict.update`; False: use `set_attributes`.
+
+    `set_attributes` validates and copies every value, one at a time (a fifth of a scope's cost here).
+    Ours are already clean (str, int, float), so when the span's limits cannot be reached (no value
+    length limit, room for all of them) they go straight in, under the same two locks the SDK takes.
+    """
+    if not SHAPE_OK:
+        return False
+    bounded = span._attributes
+    if type(bounded) is not BoundedAttributes or bounded.max_value_len is not None:
+        return False
+    if bounded.maxlen is not None and len(bounded._dict) + len(values) > bounded.maxlen:
+        return False  # the SDK drops the oldest and counts them: let it
+    with span._lock:
+        if span._end_time is not None or bounded._immutable:
+            return False
+        with bounded._lock:
+            bounded._dict.update(values)
+    return True

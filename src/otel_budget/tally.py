@@ -1,0 +1,411 @@
+"""Running totals of one open scope, driven by one table of counted metrics.
+
+`COUNTED` lists every metric counted span by span (one slot each in `ScopeTally.counts`, one limit in
+`CompiledLimits.scalars`). Adding such a metric is one row here plus, in `processor.py`, the span that
+feeds it (`tally.add(slot_of(METRIC), amount, at_ns)`). The per-system DB counts (`db.<system>.*`)
+and the repeated-statement tally are kept beside the table: their keys are only known at run time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+from otel_budget import _probes, _sdkspan, names
+from otel_budget._ratelimit import log_exception
+from otel_budget.names import ScopeKind
+from otel_budget.normalize import SQL_CACHE, normalize_mongo, normalize_sql
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import ReadableSpan, Span
+
+    from otel_budget.config import BudgetRule
+
+__all__ = ["COUNTED", "CompiledLimits", "Counted", "ScopeTally", "compile_limits", "slot_of"]
+
+logger = logging.getLogger(__name__)
+
+INF = float("inf")
+NS_PER_MS = 1e6
+MIB = 1024.0 * 1024.0
+MAX_STATEMENTS = 512  # distinct normalised statements remembered per scope
+DRAIN_EVERY = 16  # CLIENT spans queued per scope before they are counted (it bounds the spans we hold)
+
+
+@dataclass(frozen=True)
+class Counted:
+    """A metric counted span by span: its name, how a limit in its unit compares with the count, how scopes nest."""
+
+    metric: str
+    scale: float = 1.0  # count units per limit unit: 1e6 for times counted in ns and limited in ms
+    merged: bool = True  # a nested scope's count is added to its outer scope's (else merged by `merge_into`)
+
+    def value(self, count: int) -> float:
+        """The count as it is reported: ms for times, the count itself otherwise."""
+        return _ms(count) if self.scale == NS_PER_MS else count
+
+
+COUNTED: tuple[Counted, ...] = (
+    Counted(names.DB_QUERIES),
+    Counted(names.DB_DURATION_MS, NS_PER_MS),
+    Counted(names.DB_REPEATED_QUERIES, merged=False),  # the most repeats of one statement, merged per statement
+    Counted(names.EXTERNAL_CALLS),
+    Counted(names.EXTERNAL_DURATION_MS, NS_PER_MS),
+    Counted(names.TASKS_ENQUEUED),
+)
+_SLOTS = {row.metric: slot for slot, row in enumerate(COUNTED)}
+
+
+def slot_of(metric: str) -> int:
+    """The slot of a counted metric in `ScopeTally.counts` and `CompiledLimits.scalars`."""
+    return _SLOTS[metric]
+
+
+DB_QUERIES = slot_of(names.DB_QUERIES)
+DB_NS = slot_of(names.DB_DURATION_MS)
+REPEATS = slot_of(names.DB_REPEATED_QUERIES)
+EXTERNAL_CALLS = slot_of(names.EXTERNAL_CALLS)
+EXTERNAL_NS = slot_of(names.EXTERNAL_DURATION_MS)
+
+_NO_SYSTEM_LIMITS: Mapping[str, tuple[float, float]] = MappingProxyType({})
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+_running_loop = asyncio._get_running_loop  # the C function; ~30 ns
+_rss_bytes = _probes.rss_bytes
+_cpu_and_peak = _probes.cpu_and_peak
+_get_ident = threading.get_ident
+_span_attributes = _sdkspan.attributes
+_span_times = _sdkspan.times
+_SQL_SYSTEMS = names.SQL_SYSTEMS
+_DB_SYSTEM_NAME, _DB_SYSTEM_OLD = names.DB_SYSTEM
+_DB_QUERY_TEXT, _DB_STATEMENT_OLD = names.DB_STATEMENT
+_HTTP_METHOD_NEW, _HTTP_METHOD_OLD = names.HTTP_METHOD
+
+
+@dataclass(frozen=True)
+class CompiledLimits:
+    """A rule's limits as the hot path compares them: one per `COUNTED` slot (`inf` when unset), per DB system."""
+
+    scalars: tuple[float, ...]
+    systems: Mapping[str, tuple[float, float]]  # system -> (queries, ns)
+
+
+def compile_limits(limits: Mapping[str, float]) -> CompiledLimits:
+    """`limits` (metric -> limit, in the metric's unit) in the units and slots that the tally counts in."""
+    scalars = tuple(limits.get(row.metric, INF) * row.scale for row in COUNTED)
+    systems: dict[str, tuple[float, float]] = {}
+    for metric in limits:
+        if metric.startswith("db.") and metric.count(".") >= 2:
+            system = metric[3:].rsplit(".", 1)[0]
+            systems[system] = (
+                limits.get(names.db_queries_metric(system), INF),
+                limits.get(names.db_duration_metric(system), INF) * NS_PER_MS,
+            )
+    return CompiledLimits(scalars, MappingProxyType(systems) if systems else _NO_SYSTEM_LIMITS)
+
+
+class ScopeTally:
+    """Running totals of one open scope, its limits in force and the spans it still has open."""
+
+    __slots__ = (
+        "kind", "name", "span", "span_id", "parent", "closed", "lock", "rule", "rule_final", "code_limits",
+        "start_ns", "rss_start", "peak_start", "cpu_start", "thread_id", "counts", "limits", "lim_systems",
+        "systems", "statements", "max_statement", "crossed", "open_spans", "pending",
+    )  # fmt: skip
+
+    def __init__(self, kind: ScopeKind, name: str, span: Span, parent: ScopeTally | None) -> None:
+        self.kind = kind
+        self.name = name
+        self.span: Span | None = span
+        self.span_id: int = span.get_span_context().span_id
+        self.parent = parent
+        self.closed = False
+        self.lock = threading.Lock()
+        self.rule: BudgetRule | None = None
+        self.rule_final = False
+        self.code_limits: dict[str, float] | None = None  # dicts that most scopes never need start as None
+        self.start_ns: int = span.start_time or time.time_ns()
+        self.rss_start = _rss_bytes()
+        # Thread CPU time means nothing for a coroutine sharing its thread with others.
+        self.thread_id = _get_ident() if _running_loop() is None else 0
+        self.cpu_start, self.peak_start = _cpu_and_peak()
+        self.counts = [0] * len(COUNTED)
+        # The rule's compiled limits, shared until one is crossed (then a list of this scope's own, with `inf` there).
+        self.limits: tuple[float, ...] | list[float] = (INF,) * len(COUNTED)
+        self.lim_systems = _NO_SYSTEM_LIMITS
+        self.systems: dict[str, list[int]] = {}  # system -> [queries, ns]
+        self.statements: dict[str, int] = {}
+        self.max_statement: str | None = None
+        self.crossed: dict[str, int] | None = None  # metric -> time the limit was crossed
+        # Ids of its spans still open, dropped from the processor's map at the end; made with the first
+        # child (an empty set is 216 bytes, a fifth of a scope's state).
+        self.open_spans: set[int] | None = None
+        # CLIENT spans ended but not yet counted (see `drain`); made with `open_spans`.
+        self.pending: list[ReadableSpan] | None = None
+
+    # -- child spans ----------------------------------------------------------------------------------
+    def adopt(self, span_id: int) -> None:
+        """A span started inside this scope."""
+        open_spans = self.open_spans
+        if open_spans is None:
+            with self.lock:  # two first children in two threads: one set, one list
+                if self.open_spans is None:
+                    self.pending = []
+                    self.open_spans = set()
+                open_spans = self.open_spans
+        open_spans.add(span_id)
+
+    def close(self, span_id: int) -> None:
+        """A span of this scope ended."""
+        if self.open_spans is not None:
+            self.open_spans.discard(span_id)
+
+    def queue(self, span: ReadableSpan) -> bool:
+        """Keep an ended CLIENT span for the next `drain`; True when a batch (`DRAIN_EVERY`) is waiting."""
+        pending = self.pending
+        if pending is None:  # its scope was evicted while the span ran
+            return False
+        pending.append(span)
+        return len(pending) >= DRAIN_EVERY
+
+    def release(self) -> list[int]:
+        """Close the scope for good: the ids of its spans still open (they will never be counted)."""
+        self.closed = True
+        open_spans = self.open_spans
+        if not open_spans:
+            return []
+        still_open = list(open_spans)
+        open_spans.clear()
+        return still_open
+
+    # -- counting ---------------------------------------------------------------------------------------
+    def drain(self) -> None:
+        """Count the CLIENT spans queued since the last drain, in the order they ended.
+
+        `on_end` only queues a span; the counting happens here, a batch at a time, under one lock and
+        with the totals in local variables, which is cheaper per query than a call and a lock each. Each
+        limit is still compared after each span, so a limit crossed by a span counts as crossed at that
+        span's end. This loop is the one place where the `COUNTED` table is unrolled by hand: a loop over
+        the table per span would cost more than the counting itself.
+        """
+        pending = self.pending
+        if not pending:
+            return
+        with self.lock:
+            # Other threads may append meanwhile (without the lock): take what is there, drop only that.
+            batch = pending[:]
+            del pending[: len(batch)]
+            counts = self.counts
+            queries, db_ns, max_repeat = counts[DB_QUERIES], counts[DB_NS], counts[REPEATS]
+            limits = self.limits
+            lim_queries, lim_db_ns, lim_repeat = limits[DB_QUERIES], limits[DB_NS], limits[REPEATS]
+            systems = self.systems
+            statements = self.statements
+            lim_systems = self.lim_systems
+            for span in batch:
+                try:
+                    attributes = _span_attributes(span)
+                    start_ns, end_ns = _span_times(span)
+                    end_ns = end_ns or 0
+                    ns = end_ns - (start_ns or end_ns)
+                    system = attributes.get(_DB_SYSTEM_NAME) or attributes.get(_DB_SYSTEM_OLD)
+                    if not system:
+                        if _HTTP_METHOD_NEW in attributes or _HTTP_METHOD_OLD in attributes:
+                            self._add(EXTERNAL_CALLS, 1, end_ns)
+                            self._add(EXTERNAL_NS, ns, end_ns)
+                        continue
+                    if type(system) is not str:
+                        system = "other"
+                    statement = attributes.get(_DB_QUERY_TEXT) or attributes.get(_DB_STATEMENT_OLD)
+                    # A statement seen before: its normalised text straight from the cache, without a call.
+                    key = SQL_CACHE.get(statement) if type(statement) is str and system in _SQL_SYSTEMS else None
+                    if key is None:
+                        key = statement_key(system, attributes, _sdkspan.name(span))
+                except Exception:
+                    log_exception(logger, "otel-budget: could not count a span; it is left out of its scope's tally")
+                    continue
+                queries += 1
+                db_ns += ns
+                per_system = systems.get(system)
+                if per_system is None:
+                    per_system = systems[system] = [0, 0]
+                per_system[0] += 1
+                per_system[1] += ns
+                repeats = statements.get(key, 0) + 1
+                if repeats > 1 or len(statements) < MAX_STATEMENTS:
+                    statements[key] = repeats
+                if repeats > max_repeat:
+                    max_repeat = repeats
+                    self.max_statement = key
+                if queries > lim_queries:
+                    self._cross(DB_QUERIES, end_ns)
+                    lim_queries = INF
+                if db_ns > lim_db_ns:
+                    self._cross(DB_NS, end_ns)
+                    lim_db_ns = INF
+                if repeats > lim_repeat:
+                    self._cross(REPEATS, end_ns)
+                    lim_repeat = INF
+                if lim_systems and system in lim_systems:
+                    self._cross_system(system, per_system, end_ns)
+            counts[DB_QUERIES], counts[DB_NS], counts[REPEATS] = queries, db_ns, max_repeat
+
+    def add(self, slot: int, amount: int, at_ns: int) -> None:
+        """Add `amount` to a counted metric (a span that is not a DB or HTTP client span, such as an enqueued task)."""
+        with self.lock:
+            self._add(slot, amount, at_ns)
+
+    def _add(self, slot: int, amount: int, at_ns: int) -> None:
+        counts = self.counts
+        counts[slot] += amount
+        if counts[slot] > self.limits[slot]:
+            self._cross(slot, at_ns)
+
+    def _cross(self, slot: int, at_ns: int) -> None:
+        """The limit of `slot` is crossed at `at_ns`: noted once, and not compared again."""
+        limits = self.limits
+        if not isinstance(limits, list):  # shared with the rule until now
+            limits = self.limits = list(limits)
+        limits[slot] = INF
+        self._crossed(COUNTED[slot].metric, at_ns)
+
+    def _crossed(self, metric: str, at_ns: int) -> None:
+        if self.crossed is None:
+            self.crossed = {}
+        self.crossed.setdefault(metric, at_ns)
+
+    def _cross_system(self, system: str, per_system: list[int], at_ns: int) -> None:
+        limit_queries, limit_ns = self.lim_systems[system]
+        if per_system[0] > limit_queries:
+            self._crossed(names.db_queries_metric(system), at_ns)
+        if per_system[1] > limit_ns:
+            self._crossed(names.db_duration_metric(system), at_ns)
+
+    # -- limits -----------------------------------------------------------------------------------------
+    def apply_rule(self, rule: BudgetRule, now_ns: int) -> None:
+        """Put `rule`'s limits in force; a limit newly exceeded by what is counted counts as crossed `now_ns`."""
+        compiled = rule.compiled
+        with self.lock:
+            old = self.rule.limits if self.rule is not None else _EMPTY
+            self.rule = rule
+            crossed = self.crossed
+            scalars: tuple[float, ...] | list[float] = compiled.scalars
+            if crossed:
+                limits = rule.limits
+                for metric in [m for m in crossed if limits.get(m) != old.get(m)]:
+                    del crossed[metric]
+                if crossed:  # still crossed: not compared again
+                    scalars = [INF if row.metric in crossed else limit for row, limit in zip(COUNTED, scalars)]
+            self.limits = scalars
+            self.lim_systems = compiled.systems
+            if any(self.counts):
+                self._recheck(now_ns)
+
+    def recheck(self, now_ns: int) -> None:
+        """Compare what is counted with the limits in force (after counts were added in bulk)."""
+        with self.lock:
+            self._recheck(now_ns)
+
+    def _recheck(self, now_ns: int) -> None:
+        counts = self.counts
+        for slot, limit in enumerate(self.limits):
+            if counts[slot] > limit:
+                self._cross(slot, now_ns)
+        for system, per_system in self.systems.items():
+            if system in self.lim_systems:
+                self._cross_system(system, per_system, now_ns)
+
+    # -- nesting and the end ----------------------------------------------------------------------------
+    def merge_into(self, outer: ScopeTally, end_ns: int) -> None:
+        """Add a nested scope's counts to the scope around it (after what the outer one has queued)."""
+        outer.drain()
+        with outer.lock:
+            for system, (queries, ns) in self.systems.items():
+                outer_system = outer.systems.setdefault(system, [0, 0])
+                outer_system[0] += queries
+                outer_system[1] += ns
+            outer_counts, counts = outer.counts, self.counts
+            for slot, row in enumerate(COUNTED):
+                if row.merged:
+                    outer_counts[slot] += counts[slot]
+            for key, count in self.statements.items():
+                repeats = outer.statements.get(key, 0) + count
+                outer.statements[key] = repeats
+                if repeats > outer_counts[REPEATS]:
+                    outer_counts[REPEATS], outer.max_statement = repeats, key
+        if outer.rule is not None:
+            outer.recheck(end_ns)
+
+    def measure(self, end_ns: int) -> dict[str, float]:
+        """Every metric of the scope as it ends at `end_ns`: probes read now, counts as counted."""
+        cpu_end, peak_end = _cpu_and_peak()
+        values: dict[str, float] = {
+            names.DURATION_MS: _ms(end_ns - self.start_ns),
+            names.MEMORY_GROWTH_MB: _mib(_rss_bytes() - self.rss_start),
+            names.MEMORY_PEAK_GROWTH_MB: _mib(peak_end - self.peak_start),
+        }
+        counts = self.counts
+        for slot, row in enumerate(COUNTED):
+            values[row.metric] = row.value(counts[slot])
+        if self.thread_id and self.thread_id == _get_ident():
+            values[names.CPU_MS] = _ms(cpu_end - self.cpu_start)
+        for system, (queries, ns) in self.systems.items():
+            queries_metric, duration_metric = system_metrics(system)
+            values[queries_metric] = queries
+            values[duration_metric] = _ms(ns)
+        for system in self.lim_systems:  # a budgeted system not touched: 0, not missing
+            queries_metric, duration_metric = system_metrics(system)
+            values.setdefault(queries_metric, 0)
+            values.setdefault(duration_metric, 0.0)
+        return values
+
+
+_SYSTEM_METRICS: dict[str, tuple[str, str]] = {}
+
+
+def system_metrics(system: str) -> tuple[str, str]:
+    """`db.<system>.queries` and `db.<system>.duration_ms`, made once per system."""
+    pair = _SYSTEM_METRICS.get(system)
+    if pair is None:
+        pair = (names.db_queries_metric(system), names.db_duration_metric(system))
+        if len(_SYSTEM_METRICS) < 256:  # `db.system` comes from instrumentations: a few values, but bounded
+            _SYSTEM_METRICS[system] = pair
+    return pair
+
+
+def statement_key(system: str, attributes: Mapping[str, Any], span_name: str) -> str:
+    """What repeats are counted on: the normalised statement (no literal values), or the operation."""
+    statement = attributes.get(_DB_QUERY_TEXT) or attributes.get(_DB_STATEMENT_OLD)
+    if statement and system in _SQL_SYSTEMS:
+        return normalize_sql(statement if type(statement) is str else str(statement))
+    if system == "mongodb":
+        text = str(statement or "")
+        operation = str(first(attributes, names.DB_OPERATION) or text.split(" ", 1)[0] or span_name)
+        collection = str(first(attributes, names.DB_COLLECTION) or "")
+        return normalize_mongo(operation, collection, text)
+    operation = first(attributes, names.DB_OPERATION) or (str(statement).split(" ", 1)[0] if statement else span_name)
+    return f"{system} {operation}"
+
+
+def first(attributes: Mapping[str, Any], keys: tuple[str, ...]) -> Any:
+    """The value of the first of `keys` that `attributes` has (the stable convention's name, then the old one)."""
+    for key in keys:
+        value = attributes.get(key)
+        if value is not None:
+            return value
+    return None
+
+
+def _ms(ns: int) -> float:
+    """Nanoseconds as milliseconds to the µs (`round(x)` is several times cheaper than `round(x, 3)`)."""
+    return round(ns / 1000) / 1000
+
+
+def _mib(size: int) -> float:
+    """Bytes as MiB, to three decimals."""
+    return round(size / (MIB / 1000)) / 1000

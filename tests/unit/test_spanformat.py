@@ -1,0 +1,90 @@
+"""spanformat: a ScopeResult written on its span by the processor reads back as the same ScopeResult."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from otel_budget import ScopeResult, Violation, spanformat
+from otel_budget.config import parse_config
+from otel_budget.names import ScopeKind
+from otel_budget.scope import budget_scope
+
+
+def _read_back(tracing, name: str) -> ScopeResult | None:  # type: ignore[no-untyped-def]
+    return spanformat.decode_span(tracing.span(name))
+
+
+def test_request_round_trip(tracing) -> None:  # type: ignore[no-untyped-def]
+    """Counts, rule, violations with their crossing times and the repeated statement survive encode + decode."""
+    tracing.processor.config = parse_config({"http": {"db.queries": 3, "db.repeated_queries": 2}}, source="t.toml")
+    with tracing.request("orders/"):
+        for _ in range(4):
+            tracing.db("SELECT * FROM orders WHERE id = 7")
+        tracing.db("SELECT 1", system="mongodb")
+    (sent,) = tracing.results
+    read = _read_back(tracing, "GET orders/")
+    assert read is not None
+    assert sorted(v.metric for v in sent.violations) == ["db.queries", "db.repeated_queries"]
+    assert read.service == "unknown_service:python" and read.start_ns == tracing.span("GET orders/").start_time
+    assert read == dataclasses.replace(sent, service=read.service, start_ns=read.start_ns)
+
+
+def test_scope_without_violation_has_no_statement_after_decoding(tracing) -> None:  # type: ignore[no-untyped-def]
+    """Only a `db.repeated_queries` event exports the statement; within budget it stays in the process."""
+    with budget_scope("nightly", tracer_provider=tracing.provider):
+        tracing.db("SELECT 1")
+    (sent,) = tracing.results
+    read = _read_back(tracing, "nightly")
+    assert sent.repeated_statement == "SELECT ?"
+    assert read == dataclasses.replace(
+        sent, repeated_statement=None, service=read.service, start_ns=read.start_ns  # type: ignore[union-attr]
+    )
+    assert read is not None and (read.kind, read.label) == (ScopeKind.SCOPE, "scope nightly")
+
+
+def test_encode_is_what_the_processor_wrote(tracing) -> None:  # type: ignore[no-untyped-def]
+    """The span's budget.* attributes and events are exactly `encode(result)`."""
+    tracing.processor.config = parse_config({"http": {"db.queries": 1}}, source="t.toml")
+    with tracing.request("items/"):
+        tracing.db("SELECT 1")
+        tracing.db("SELECT 2")
+    (sent,) = tracing.results
+    span = tracing.span("GET items/")
+    summary, events = spanformat.encode(sent)
+    ours = {key: value for key, value in span.attributes.items() if key.startswith("budget.")}
+    assert ours == summary
+    assert [(e.name, dict(e.attributes), e.timestamp) for e in span.events] == events
+
+
+def test_decode_skips_spans_that_are_not_scope_spans() -> None:
+    """A span without `budget.violations` is not a scope span."""
+    assert spanformat.decode({"http.route": "x"}, [], span_name="x", span_kind="server", trace_id=1, span_id=2) is None
+
+
+def test_decode_names_each_kind() -> None:
+    """Request by route and method, task by celery.task_name or span name, scope by budget.scope."""
+    common = {"budget.violations": 0, "budget.rule": "http"}
+
+    def decoded(attributes: dict[str, object], span_name: str, kind: str) -> tuple[str, str, str | None]:
+        result = spanformat.decode({**common, **attributes}, [], span_name=span_name, span_kind=kind, trace_id=1, span_id=2)
+        assert result is not None
+        return result.kind, result.name, result.method
+
+    assert decoded({"http.route": "a/", "http.method": "PUT"}, "PUT a/", "server") == ("http", "a/", "PUT")
+    assert decoded({}, "run/shop.rebuild", "consumer") == ("celery", "shop.rebuild", None)
+    assert decoded({"celery.task_name": "t.x"}, "run/other", "consumer") == ("celery", "t.x", None)
+    assert decoded({"budget.scope": "cron"}, "cron", "") == ("scope", "cron", None)
+
+
+def test_event_identity_per_kind() -> None:
+    """Events name the route and method, the task or the scope."""
+    base = ScopeResult(
+        kind=ScopeKind.CELERY, name="t.x", method=None, rule="celery", values={"db.queries": 2},
+        violations=(Violation("db.queries", 1, 2, "celery", 5),), trace_id=1, span_id=2,
+    )  # fmt: skip
+    ((name, attributes, timestamp),) = spanformat.encode_events(base)
+    assert (name, timestamp) == ("budget.exceeded", 5)
+    assert attributes == {
+        "budget.metric": "db.queries", "budget.limit": 1, "budget.actual": 2, "budget.rule": "celery",
+        "celery.task_name": "t.x",
+    }  # fmt: skip
