@@ -23,11 +23,14 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, set_spa
 __all__ = [
     "SHAPE_OK",
     "attributes",
+    "counted",
+    "ended",
     "kind",
     "name",
     "parent",
     "set_clean_attributes",
     "span_id",
+    "started",
     "times",
 ]
 
@@ -93,6 +96,27 @@ def _fast_times(span: ReadableSpan) -> tuple[int | None, int | None]:
     return span._start_time, span._end_time
 
 
+def _fast_started(span: ReadableSpan, key: str) -> tuple[SpanContext | None, Any, int]:
+    """What `on_start` needs in one call: the parent context, the value of attribute `key`, the span id."""
+    found = span._attributes
+    value = found._dict.get(key) if type(found) is BoundedAttributes else (span.attributes or EMPTY).get(key)
+    return span._parent, value, span._context[1]  # type: ignore[index]
+
+
+def _fast_ended(span: ReadableSpan) -> tuple[int, SpanKind]:
+    """What `on_end` needs in one call: the span id and kind."""
+    return span._context[1], span._kind  # type: ignore[index]
+
+
+def _fast_counted(batch: list[ReadableSpan]) -> list[tuple[Mapping[str, Any], int | None, int | None]]:
+    """(attributes, start, end) of each span of a batch, for `ScopeTally.drain`: one call per batch."""
+    return [
+        (found._dict if type(found := span._attributes) is BoundedAttributes else span.attributes or EMPTY,
+         span._start_time, span._end_time)
+        for span in batch
+    ]  # fmt: skip
+
+
 def _fast_attributes(span: ReadableSpan) -> Mapping[str, Any]:
     """A span's attributes, read-only, without the new MappingProxy that `span.attributes` makes per call."""
     found = span._attributes
@@ -127,12 +151,27 @@ def _public_attributes(span: ReadableSpan) -> Mapping[str, Any]:
     return span.attributes or EMPTY
 
 
+def _public_started(span: ReadableSpan, key: str) -> tuple[SpanContext | None, Any, int]:
+    return span.parent, (span.attributes or EMPTY).get(key), _public_span_id(span)
+
+
+def _public_ended(span: ReadableSpan) -> tuple[int, SpanKind]:
+    return _public_span_id(span), span.kind
+
+
+def _public_counted(batch: list[ReadableSpan]) -> list[tuple[Mapping[str, Any], int | None, int | None]]:
+    return [(span.attributes or EMPTY, span.start_time, span.end_time) for span in batch]
+
+
 parent = _fast_parent if SHAPE_OK else _public_parent
 kind = _fast_kind if SHAPE_OK else _public_kind
 span_id = _fast_span_id if SHAPE_OK else _public_span_id
 name = _fast_name if SHAPE_OK else _public_name
 times = _fast_times if SHAPE_OK else _public_times
 attributes = _fast_attributes if SHAPE_OK else _public_attributes
+started = _fast_started if SHAPE_OK else _public_started
+ended = _fast_ended if SHAPE_OK else _public_ended
+counted = _fast_counted if SHAPE_OK else _public_counted
 
 
 def set_clean_attributes(span: Span, values: dict[str, Any]) -> bool:

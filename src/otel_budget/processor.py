@@ -48,12 +48,13 @@ _HTTP_ROUTE = names.HTTP_ROUTE
 _HTTP_METHOD = names.HTTP_METHOD
 _SCOPE_NAME = names.SCOPE_NAME
 _TASKS_ENQUEUED = tally.slot_of(names.TASKS_ENQUEUED)
-_parent_of = _sdkspan.parent
 _kind_of = _sdkspan.kind
 _id_of = _sdkspan.span_id
 _name_of = _sdkspan.name
 _attributes = _sdkspan.attributes
 _times = _sdkspan.times
+_started = _sdkspan.started
+_ended = _sdkspan.ended
 
 
 class _EndScope:
@@ -169,8 +170,7 @@ class BudgetSpanProcessor(SpanProcessor):
     # one pop and, for a counted span, a queue append on its tally (counted 16 at a time).
     def on_start(self, span: Span, parent_context: context_api.Context | None = None) -> None:
         try:
-            parent = _parent_of(span)
-            scope_name = _attributes(span).get(_SCOPE_NAME)
+            parent, scope_name, span_id = _started(span, _SCOPE_NAME)
             if parent is None or parent[2]:  # no parent or a remote one: a new scope?
                 kind = _kind_of(span)
                 if kind is _SERVER:
@@ -185,7 +185,6 @@ class BudgetSpanProcessor(SpanProcessor):
             if scope_name is not None:
                 self._open(span, ScopeKind.SCOPE, str(scope_name), owner)
             elif owner is not None and not owner.closed:
-                span_id = _id_of(span)
                 self._spans[span_id] = owner
                 owner.adopt(span_id)
         except Exception:
@@ -205,21 +204,21 @@ class BudgetSpanProcessor(SpanProcessor):
 
     def on_end(self, span: ReadableSpan) -> None:
         try:
-            span_id = _id_of(span)
+            span_id, kind = _ended(span)
             owner = self._spans.pop(span_id, None)
             if owner is None or owner.closed:
                 return
             if owner.span_id == span_id:  # the scope span ended without our `end`: read-only now
                 self._finish(owner, _times(span)[1] or time.time_ns(), writable=False)
                 return
-            owner.close(span_id)
-            kind = _kind_of(span)
             if kind is _CLIENT:
-                if owner.queue(span):  # a batch is waiting: count it
+                if owner.queue(span_id, span):  # a batch is waiting: count it
                     if not owner.rule_final:
                         self._resolve(owner, _times(span)[1] or 0)
                     owner.drain()
-            elif kind is _PRODUCER:
+                return
+            owner.close(span_id)
+            if kind is _PRODUCER:
                 if _attributes(span).get(names.CELERY_ACTION) == "apply_async" or _name_of(span).startswith(
                     "apply_async/"
                 ):

@@ -79,8 +79,7 @@ _running_loop = asyncio._get_running_loop  # the C function; ~30 ns
 _rss_bytes = _probes.rss_bytes
 _cpu_and_peak = _probes.cpu_and_peak
 _get_ident = threading.get_ident
-_span_attributes = _sdkspan.attributes
-_span_times = _sdkspan.times
+_span_facts = _sdkspan.counted
 _SQL_SYSTEMS = names.SQL_SYSTEMS
 _DB_SYSTEM_NAME, _DB_SYSTEM_OLD = names.DB_SYSTEM
 _DB_QUERY_TEXT, _DB_STATEMENT_OLD = names.DB_STATEMENT
@@ -155,8 +154,8 @@ class ScopeTally:
         if open_spans is None:
             with self.lock:  # two first children in two threads: one set, one list
                 if self.open_spans is None:
-                    self.pending = []
                     self.open_spans = set()
+                    self.pending = []  # last: `queue` finds `open_spans` made once it finds this
                 open_spans = self.open_spans
         open_spans.add(span_id)
 
@@ -165,11 +164,12 @@ class ScopeTally:
         if self.open_spans is not None:
             self.open_spans.discard(span_id)
 
-    def queue(self, span: ReadableSpan) -> bool:
-        """Keep an ended CLIENT span for the next `drain`; True when a batch (`DRAIN_EVERY`) is waiting."""
+    def queue(self, span_id: int, span: ReadableSpan) -> bool:
+        """A CLIENT span ended: kept for the next `drain`; True when a batch (`DRAIN_EVERY`) is waiting."""
         pending = self.pending
         if pending is None:  # its scope was evicted while the span ran
             return False
+        self.open_spans.discard(span_id)  # type: ignore[union-attr]  # made with `pending`
         pending.append(span)
         return len(pending) >= DRAIN_EVERY
 
@@ -207,10 +207,8 @@ class ScopeTally:
             systems = self.systems
             statements = self.statements
             lim_systems = self.lim_systems
-            for span in batch:
+            for span, (attributes, start_ns, end_ns) in zip(batch, _span_facts(batch)):
                 try:
-                    attributes = _span_attributes(span)
-                    start_ns, end_ns = _span_times(span)
                     end_ns = end_ns or 0
                     ns = end_ns - (start_ns or end_ns)
                     system = attributes.get(_DB_SYSTEM_NAME) or attributes.get(_DB_SYSTEM_OLD)

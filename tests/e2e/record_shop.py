@@ -5,7 +5,7 @@
 One process: the shop's Django project through Django, psycopg2, pymongo, requests and Celery
 instrumentation into a BudgetSpanProcessor and an in-memory exporter; a fixed list of requests and
 tasks (tasks run in-process with `apply`); every scope span's `budget.*` attributes and events printed
-as sorted JSON. Values that depend on the machine (times, memory) are replaced by their type, and
+as JSON, in the order they were written. Values that depend on the machine (times, memory) are replaced by their type, and
 events of timing metrics are listed by metric only, so two runs of the same code print the same text.
 `test_e2e_shop_record.py` compares a run with `shop_record.json`.
 """
@@ -64,8 +64,8 @@ def canonical_scope(name: str, attributes: dict[str, Any], events: Sequence[tupl
         if machine_dependent(metric):
             listed.append({"name": event_name, "budget.metric": metric})
         else:
-            listed.append({"name": event_name, **dict(sorted(event_attributes.items()))})
-    return {"span": name, "attributes": dict(sorted(ours.items())), "events": listed}
+            listed.append({"name": event_name, **event_attributes})
+    return {"span": name, "attributes": ours, "events": listed}
 
 
 def record() -> list[dict[str, Any]]:
@@ -137,8 +137,12 @@ def _partner() -> Iterator[None]:
     from django.conf import settings
     from fake_partner import PartnerHandler
 
+    class QuietPartner(PartnerHandler):
+        def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the stdlib's name
+            pass  # stdout is the record
+
     port = int(str(settings.PARTNER_URL).rsplit(":", 1)[1])
-    server = ThreadingHTTPServer(("127.0.0.1", port), PartnerHandler)
+    server = ThreadingHTTPServer(("127.0.0.1", port), QuietPartner)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
