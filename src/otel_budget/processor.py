@@ -359,6 +359,7 @@ class BudgetSpanProcessor(SpanProcessor):
         self._scopes: dict[int, ScopeTally] = {}  # open scope span id -> tally, oldest first
         self._evict_lock = threading.Lock()
         self._listeners: list[Listener] = []
+        self._overlay: Mapping[str, float] | None = None
         if record_metrics is False:
             self._metrics: BudgetMetrics | None = None
         else:
@@ -383,6 +384,10 @@ class BudgetSpanProcessor(SpanProcessor):
     @property
     def open_scopes(self) -> int:
         return len(self._scopes)
+
+    def set_overlay(self, limits: Mapping[str, float] | None) -> None:
+        """Limits applied on top of every scope's rule as rule `code`, under the scope's own in-code limits (the pytest plugin's per-test budgets); None removes them."""
+        self._overlay = dict(limits) if limits else None
 
     def set_code_limits(self, tally: ScopeTally, limits: Mapping[str, float]) -> None:
         """In-code budgets (decorator, context manager): they win over the file."""
@@ -500,6 +505,8 @@ class BudgetSpanProcessor(SpanProcessor):
         else:
             tally.rule_final = True
         rule = self.config.rule_for(tally.kind, name, method if method is None or type(method) is str else str(method))
+        if self._overlay:
+            rule = rule.overridden(names.RULE_CODE, self._overlay)
         if tally.code_limits:
             rule = rule.overridden(names.RULE_CODE, tally.code_limits)
         current = tally.rule
