@@ -1,5 +1,4 @@
-"""Zero-code activation under `opentelemetry-instrument`, `install()` for hand-built providers, and the
-tracing the pytest plugin sets up."""
+"""Zero-code activation, `install()` for hand-built providers, and the tracing the pytest plugin sets up."""
 
 from __future__ import annotations
 

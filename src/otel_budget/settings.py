@@ -23,13 +23,11 @@ _TRUE = {"true", "1", "yes", "on", ""}
 
 @dataclass(frozen=True)
 class Settings:
-    """The library's settings, from a snapshot of the environment.
+    """The library's settings, from a snapshot of the `OTEL_BUDGET_*` environment variables."""
 
-    Each value is parsed when first used, once per `Settings`: a bad value is logged then and its
-    default used, so a disabled install, `load_config()` or the CLI log nothing about variables they
-    never use.
-    """
-
+    # Each value is parsed when first used, once per Settings: a bad one is logged then and its
+    # default used, so a disabled install, load_config() or the CLI say nothing about variables
+    # they never use.
     environ: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
