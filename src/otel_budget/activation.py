@@ -1,27 +1,48 @@
-"""Zero-code activation under `opentelemetry-instrument`, and `install()` for hand-built providers."""
+"""Zero-code activation, `install()` for hand-built providers, and the tracing the pytest plugin sets up."""
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 from typing import Any
 
 from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
 
 from otel_budget import names
-from otel_budget.config import BudgetConfig, ConfigError, choices_hint, load_config, valid_metrics
+from otel_budget.config import BudgetConfig, ConfigError, load_config
 from otel_budget.processor import BudgetSpanProcessor
+from otel_budget.settings import Settings
 
-__all__ = ["install", "is_enabled", "metrics_enabled", "metrics_setting", "post_instrument"]
+__all__ = [
+    "install",
+    "instrument_installed",
+    "is_enabled",
+    "metrics_enabled",
+    "metrics_setting",
+    "post_instrument",
+    "set_up_tracing",
+]
 
 logger = logging.getLogger("otel_budget")
-_FALSE = {"false", "0", "no", "off"}
-_TRUE = {"true", "1", "yes", "on", ""}
+
+# Instrumentations the pytest plugin switches on when they are installed: (module, class).
+INSTRUMENTORS = (
+    ("opentelemetry.instrumentation.django", "DjangoInstrumentor"),
+    ("opentelemetry.instrumentation.psycopg2", "Psycopg2Instrumentor"),
+    ("opentelemetry.instrumentation.psycopg", "PsycopgInstrumentor"),
+    ("opentelemetry.instrumentation.pymongo", "PymongoInstrumentor"),
+    ("opentelemetry.instrumentation.requests", "RequestsInstrumentor"),
+    ("opentelemetry.instrumentation.httpx", "HTTPXClientInstrumentor"),
+    ("opentelemetry.instrumentation.urllib3", "URLLib3Instrumentor"),
+    ("opentelemetry.instrumentation.celery", "CeleryInstrumentor"),
+)
 
 
 def is_enabled() -> bool:
     """`OTEL_BUDGET_ENABLED` (default true); an unrecognised value is logged and counts as true."""
-    return _flag(names.ENV_ENABLED, "staying enabled")
+    return Settings.from_env().enabled
 
 
 def metrics_enabled() -> bool:
@@ -30,57 +51,8 @@ def metrics_enabled() -> bool:
 
 
 def metrics_setting() -> bool | frozenset[str]:
-    """`OTEL_BUDGET_METRICS`: true (default: every histogram), false (none), or the metrics to record.
-
-    A list (`duration_ms,db.queries`) records only those histograms, plus the `budget.violations`
-    counter: each histogram costs an SDK `record` per scope (docs/benchmarks.md). Unknown names are
-    logged with the valid choices and skipped; a value with no known name counts as true.
-    """
-    raw = os.environ.get(names.ENV_METRICS, "").strip()
-    value = raw.lower()
-    if value in _FALSE:
-        return False
-    if value in _TRUE:
-        return True
-    entries = [entry.strip() for entry in raw.split(",") if entry.strip()]
-    known = frozenset(valid_metrics())
-    wanted = frozenset(entry for entry in entries if entry in known)
-    for entry in entries:
-        if entry not in known:
-            logger.error(
-                "otel-budget: %s: %r is not a metric%s; %s",
-                names.ENV_METRICS,
-                entry,
-                choices_hint(entry, known, booleans=True),
-                "skipping it" if wanted else "recording every metric",
-            )
-    return wanted or True
-
-
-def _flag(variable: str, fallback: str) -> bool:
-    value = os.environ.get(variable, "").strip().lower()
-    if value in _FALSE:
-        return False
-    if value not in _TRUE:
-        logger.error(
-            "otel-budget: %s=%r is not a boolean (valid: true, false, 1, 0, yes, no, on, off); %s",
-            variable,
-            value,
-            fallback,
-        )
-    return True
-
-
-def _max_open_scopes() -> int:
-    raw = os.environ.get(names.ENV_MAX_SCOPES, "")
-    try:
-        value = int(raw) if raw else 10_000
-    except ValueError:
-        value = 0
-    if value < 1:
-        logger.error("otel-budget: %s=%r is not a positive integer; using 10000", names.ENV_MAX_SCOPES, raw)
-        return 10_000
-    return value
+    """`OTEL_BUDGET_METRICS`: true (default), false, or the metrics to record (`Settings.record_metrics`)."""
+    return Settings.from_env().record_metrics
 
 
 def load_config_or_default(path: str | None = None) -> tuple[BudgetConfig, str | None]:
@@ -101,29 +73,93 @@ def install(tracer_provider: Any = None, *, config_path: str | None = None, **op
 
     Returns the processor, or None when disabled or when no SDK TracerProvider is configured.
     """
-    if not is_enabled():
+    settings = Settings.from_env()
+    if not settings.enabled:
         logger.info("otel-budget: disabled by %s", names.ENV_ENABLED)
         return None
     provider = tracer_provider if tracer_provider is not None else trace.get_tracer_provider()
-    add = getattr(provider, "add_span_processor", None)
-    if add is None:
+    if not hasattr(provider, "add_span_processor"):
         logger.warning(
             "otel-budget: the TracerProvider %r is not the SDK's; budgets are off. Install opentelemetry-distro "
             "or call otel_budget.install(your_provider).",
             provider,
         )
         return None
-    existing = getattr(provider, "_otel_budget_processor", None)
+    existing = _installed(provider)
     if existing is not None:
-        return existing  # type: ignore[no-any-return]
-    config, error = load_config_or_default(config_path)
-    options.setdefault("max_open_scopes", _max_open_scopes())
-    options.setdefault("record_metrics", metrics_setting())
+        return existing
+    config, error = load_config_or_default(config_path if config_path is not None else settings.config_path)
+    return _add_processor(provider, settings, config, error, options)
+
+
+def set_up_tracing(config: BudgetConfig, settings: Settings) -> tuple[BudgetSpanProcessor, str]:
+    """Our processor on the global SDK TracerProvider (set one up if there is none), and how it was done.
+
+    A new processor enforces `config`; one already installed on the provider is returned as it is.
+    """
+    provider = trace.get_tracer_provider()
+    if hasattr(provider, "add_span_processor"):
+        setup = "reusing the configured TracerProvider"
+    else:
+        provider = TracerProvider()
+        trace.set_tracer_provider(provider)
+        setup = "own TracerProvider (no exporter)"
+    existing = _installed(provider)
+    if existing is not None:
+        return existing, setup
+    return _add_processor(provider, settings, config, None, {}), setup
+
+
+def _installed(provider: Any) -> BudgetSpanProcessor | None:
+    return getattr(provider, "_otel_budget_processor", None)
+
+
+def _add_processor(
+    provider: Any, settings: Settings, config: BudgetConfig, error: str | None, options: dict[str, Any]
+) -> BudgetSpanProcessor:
+    options.setdefault("max_open_scopes", settings.max_open_scopes)
+    options.setdefault("record_metrics", settings.record_metrics)
     processor = BudgetSpanProcessor(config=config, config_error=error, **options)
-    add(processor)
+    provider.add_span_processor(processor)
     setattr(provider, "_otel_budget_processor", processor)  # noqa: B010 - marks the provider as done
     logger.debug("otel-budget: installed with budgets from %s", config.source)
     return processor
+
+
+def instrument_installed() -> list[Any]:
+    """Switch on the instrumentations whose library is installed and not yet instrumented; return them."""
+    try:
+        from opentelemetry.instrumentation.dependencies import DependencyConflictError
+    except ImportError:  # no instrumentation package installed (otel-budget without extras)
+        return []
+
+    done = []
+    for module_name, class_name in INSTRUMENTORS:
+        if module_name.endswith(".django") and not _django_configured():
+            continue
+        try:
+            instrumentor = getattr(importlib.import_module(module_name), class_name)()
+        except ImportError:
+            continue
+        if instrumentor.is_instrumented_by_opentelemetry:
+            continue
+        try:
+            instrumentor.instrument(raise_exception_on_conflict=True)
+        except DependencyConflictError:
+            continue  # the library itself is not installed (or not a supported version)
+        except Exception:
+            logger.exception("otel-budget: %s failed; not instrumented", class_name)
+            continue
+        done.append(instrumentor)
+    return done
+
+
+def _django_configured() -> bool:
+    try:
+        from django.conf import settings
+    except ImportError:
+        return False
+    return bool(settings.configured or os.environ.get("DJANGO_SETTINGS_MODULE"))
 
 
 def post_instrument(**_: Any) -> None:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
 
 from otel_budget import names
 from otel_budget.config import BudgetConfig, ConfigError, load_config
+from otel_budget.settings import Settings
 
 __all__ = ["build_parser", "main"]
 
@@ -38,7 +38,7 @@ def _report(args: argparse.Namespace) -> int:
             print(message, file=sys.stderr, flush=True)
 
     budgets: BudgetConfig | None = None
-    budgets_path = args.budgets or os.environ.get(names.ENV_CONFIG) or None
+    budgets_path = args.budgets or Settings.from_env().config_path
     try:
         if budgets_path:
             budgets = load_config(budgets_path)

@@ -169,7 +169,9 @@ def load_config(path: str | os.PathLike[str] | None = None) -> BudgetConfig:
         ConfigError: the file is missing, not TOML, or not a valid budgets file.
     """
     if path is None:
-        path = os.environ.get(names.ENV_CONFIG) or None
+        from otel_budget.settings import Settings  # settings.py names its choices with this module's metrics
+
+        path = Settings.from_env().config_path
     if path is None:
         return BudgetConfig()
     source = os.fspath(path)

@@ -9,6 +9,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 from otel_budget import names
+from otel_budget._table import number, render_table
 from otel_budget.config import BudgetConfig
 from otel_budget.results import ScopeResult
 
@@ -198,17 +199,16 @@ def render_text(report: Report, *, jaeger_url: str) -> str:
         lines.append("No limits to compare with: pass --budgets FILE to list metrics within budget too.")
         return "\n".join(lines) + "\n"
     header = ("scope", "metric", "runs", "p50", "p95", "limit", "over", "example trace")
-    rows = [header]
+    rows = []
     for o in report.offenders:
-        limit = _number(o.limit) if o.limit is not None else "-"
+        limit = number(o.limit) if o.limit is not None else "-"
         example = trace_url(jaeger_url, o.example_traces[0]) if o.example_traces else "-"
-        rows.append((o.label, o.metric, str(o.runs), _number(o.p50), _number(o.p95), limit, str(o.violations), example))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    left = {0, 1, 7}
-    for row, offender in zip(rows, (None, *report.offenders)):
-        cells = [cell.ljust(w) if i in left else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))]
-        lines.append("  ".join(cells).rstrip())
-        if offender is not None and offender.statement:
+        rows.append((o.label, o.metric, str(o.runs), number(o.p50), number(o.p95), limit, str(o.violations), example))
+    header_line, *row_lines = render_table(header, rows, left_aligned={0, 1, 7})
+    lines.append(header_line)
+    for line, offender in zip(row_lines, report.offenders):
+        lines.append(line)
+        if offender.statement:
             lines.append(f"    statement: {offender.statement}")
     return "\n".join(lines) + "\n"
 
@@ -220,7 +220,3 @@ def render_json(report: Report, *, jaeger_url: str) -> str:
     for worst in data["worst"]:
         worst["example_trace"] = trace_url(jaeger_url, worst["example_trace"])
     return json.dumps(data, indent=2) + "\n"
-
-
-def _number(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else f"{value:.1f}"

@@ -479,3 +479,45 @@ def test_writable_span_in_on_ending_finishes_the_scope_there(tracing: Tracing) -
     span.end()
     assert [r.name for r in tracing.results] == ["w/"]
     assert tracing.span("GET").attributes["budget.violations"] == 0
+
+
+# -- overlay (the pytest plugin's per-test budgets) ---------------------------------------------------
+def test_overlay_applies_as_rule_code() -> None:
+    """An overlay limit replaces the file's limit it names, credited to rule `code`; the rest stay the file's."""
+    tracing = make_tracing({"http": {"db.queries": 100, "db.repeated_queries": 100}})
+    tracing.processor.set_overlay({"db.queries": 1})
+    with tracing.request():
+        tracing.db("SELECT 1")
+        tracing.db("SELECT 2")
+    event = tracing.events("GET items/")["db.queries"]
+    assert (event["budget.rule"], event["budget.limit"], event["budget.actual"]) == ("code", 1, 2)
+    assert set(tracing.events("GET items/")) == {"db.queries"}
+    assert tracing.span("GET items/").attributes["budget.rule"] == "code"
+
+
+def test_in_code_limits_win_over_the_overlay() -> None:
+    """A budget_scope's own limit wins over the overlay's; the overlay still sets what the scope leaves out."""
+    from otel_budget import budget_scope
+
+    tracing = make_tracing({"scope": {"db.queries": 100}})
+    tracing.processor.set_overlay({"db.queries": 1, "db.repeated_queries": 1})
+    with budget_scope("import", db_queries=5, tracer_provider=tracing.provider):
+        tracing.db("SELECT 1")
+        tracing.db("SELECT 1")
+    events = tracing.events("import")
+    assert list(events) == ["db.repeated_queries"]
+    assert (events["db.repeated_queries"]["budget.rule"], events["db.repeated_queries"]["budget.limit"]) == ("code", 1)
+    (result,) = tracing.results
+    assert (result.rule, result.values["db.queries"]) == ("code", 2)
+    assert [(v.metric, v.limit, v.rule) for v in result.violations] == [("db.repeated_queries", 1, "code")]
+
+
+def test_overlay_none_removes_it() -> None:
+    """set_overlay(None): scopes are back on the file's rule."""
+    tracing = make_tracing({"http": {"db.queries": 1}})
+    tracing.processor.set_overlay({"db.queries": 10})
+    tracing.processor.set_overlay(None)
+    with tracing.request():
+        tracing.db("SELECT 1")
+        tracing.db("SELECT 2")
+    assert tracing.events("GET items/")["db.queries"]["budget.rule"] == "http"

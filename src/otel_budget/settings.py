@@ -1,0 +1,99 @@
+"""The `OTEL_BUDGET_*` environment variables: read in one place, with their defaults and logged fallbacks."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from otel_budget import names
+from otel_budget.config import choices_hint, valid_metrics
+
+__all__ = ["DEFAULT_MAX_OPEN_SCOPES", "Settings"]
+
+logger = logging.getLogger("otel_budget")
+
+DEFAULT_MAX_OPEN_SCOPES = 10_000
+VARIABLES = (names.ENV_CONFIG, names.ENV_ENABLED, names.ENV_MAX_SCOPES, names.ENV_METRICS)
+_FALSE = {"false", "0", "no", "off"}
+_TRUE = {"true", "1", "yes", "on", ""}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The library's settings, from a snapshot of the `OTEL_BUDGET_*` environment variables."""
+
+    # Each value is parsed when first used, once per Settings: a bad one is logged then and its
+    # default used, so a disabled install, load_config() or the CLI say nothing about variables
+    # they never use.
+    environ: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """The `OTEL_BUDGET_*` variables of `environ` (default: `os.environ`)."""
+        source = os.environ if environ is None else environ
+        return cls({name: source[name] for name in VARIABLES if name in source})
+
+    @property
+    def config_path(self) -> str | None:
+        """`OTEL_BUDGET_CONFIG`: the budgets file (default: none, the built-in defaults)."""
+        return self.environ.get(names.ENV_CONFIG) or None
+
+    @functools.cached_property
+    def enabled(self) -> bool:
+        """`OTEL_BUDGET_ENABLED` (default true); an unrecognised value is logged and counts as true."""
+        value = self.environ.get(names.ENV_ENABLED, "").strip().lower()
+        if value in _FALSE:
+            return False
+        if value not in _TRUE:
+            logger.error(
+                "otel-budget: %s=%r is not a boolean (valid: true, false, 1, 0, yes, no, on, off); staying enabled",
+                names.ENV_ENABLED,
+                value,
+            )
+        return True
+
+    @functools.cached_property
+    def max_open_scopes(self) -> int:
+        """`OTEL_BUDGET_MAX_OPEN_SCOPES` (default 10 000); anything but a positive integer is logged."""
+        raw = self.environ.get(names.ENV_MAX_SCOPES, "")
+        try:
+            value = int(raw) if raw else DEFAULT_MAX_OPEN_SCOPES
+        except ValueError:
+            value = 0
+        if value < 1:
+            logger.error(
+                "otel-budget: %s=%r is not a positive integer; using %d", names.ENV_MAX_SCOPES, raw, DEFAULT_MAX_OPEN_SCOPES
+            )
+            return DEFAULT_MAX_OPEN_SCOPES
+        return value
+
+    @functools.cached_property
+    def record_metrics(self) -> bool | frozenset[str]:
+        """`OTEL_BUDGET_METRICS`: true (default: every histogram), false (none), or the metrics to record.
+
+        A list (`duration_ms,db.queries`) records only those histograms, plus the `budget.violations`
+        counter: each histogram costs an SDK `record` per scope (docs/benchmarks.md). Unknown names are
+        logged with the valid choices and skipped; a value with no known name counts as true.
+        """
+        raw = self.environ.get(names.ENV_METRICS, "").strip()
+        value = raw.lower()
+        if value in _FALSE:
+            return False
+        if value in _TRUE:
+            return True
+        entries = [entry.strip() for entry in raw.split(",") if entry.strip()]
+        known = frozenset(valid_metrics())
+        wanted = frozenset(entry for entry in entries if entry in known)
+        for entry in entries:
+            if entry not in known:
+                logger.error(
+                    "otel-budget: %s: %r is not a metric%s; %s",
+                    names.ENV_METRICS,
+                    entry,
+                    choices_hint(entry, known, booleans=True),
+                    "skipping it" if wanted else "recording every metric",
+                )
+        return wanted or True

@@ -1,0 +1,73 @@
+"""`@pytest.mark.budget` through the processor's overlay, without Django or the service stack."""
+
+from __future__ import annotations
+
+import pytest
+
+TESTS = """
+import pytest
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
+
+from otel_budget import budget_scope
+
+
+def queries(count):
+    tracer = trace.get_tracer("tests")
+    for i in range(count):
+        attributes = {"db.system": "sqlite", "db.statement": f"SELECT {i}"}
+        with tracer.start_as_current_span("query", kind=SpanKind.CLIENT, attributes=attributes):
+            pass
+
+
+@pytest.mark.budget(db_queries=1)
+def test_marker_limit():
+    with budget_scope("job"):
+        queries(2)
+
+
+@pytest.mark.budget(db_queries=1)
+def test_in_code_limit_wins():
+    with budget_scope("job", db_queries=5):
+        queries(2)
+
+
+def test_unmarked_is_back_on_the_file():
+    with budget_scope("job"):
+        queries(2)
+"""
+
+
+@pytest.fixture
+def scopes(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
+    monkeypatch.delenv("OTEL_BUDGET_CONFIG", raising=False)
+    monkeypatch.delenv("OTEL_BUDGET_ENABLED", raising=False)
+    pytester.makefile(".toml", budgets="[scope]\ndb.queries = 100\n")
+    pytester.makepyfile(test_scopes=TESTS)
+    return pytester
+
+
+def test_marker_limit_applies_as_rule_code(scopes: pytest.Pytester) -> None:
+    """A marker limit replaces the file's for the test's scopes, as rule `code`."""
+    result = scopes.runpytest_subprocess("--budgets", "budgets.toml", "test_scopes.py::test_marker_limit", timeout=120)
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "otel-budget: scope job: db.queries 2 > limit 1",
+            "1 scope(s) over budget in this test; budgets: budgets.toml",
+            "this test's @pytest.mark.budget: db_queries=1",
+            "scope job  (trace *)",
+            "  db.queries: 2 > limit 1  [rule code]",
+            "Fix the code, or raise the limit for this test: @pytest.mark.budget(db_queries=2)",
+        ]
+    )
+
+
+def test_in_code_limit_wins_over_the_marker(scopes: pytest.Pytester) -> None:
+    """A budget_scope's own limit wins over the test's marker; the marker ends with its test."""
+    result = scopes.runpytest_subprocess(
+        "--budgets", "budgets.toml", "-p", "no:randomly", "test_scopes.py::test_in_code_limit_wins",
+        "test_scopes.py::test_marker_limit", "test_scopes.py::test_unmarked_is_back_on_the_file", timeout=120,
+    )  # fmt: skip
+    result.assert_outcomes(passed=2, failed=1)
+    result.stdout.fnmatch_lines(["FAILED test_scopes.py::test_marker_limit - *"])
