@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
+import signal
 import socket
+import time
 
 from .settings import HOST
 
-__all__ = ["listener_pid", "pid_alive", "pid_cmdline", "pid_starttime", "port_open"]
+__all__ = ["listener_pid", "pid_alive", "pid_cmdline", "pid_starttime", "port_open", "signal_and_wait"]
 
 
 def port_open(port: int, timeout: float = 0.5) -> bool:
@@ -82,3 +85,13 @@ def pid_cmdline(pid: int) -> str:
             return f.read().replace(b"\0", b" ").decode("utf-8", "replace").strip()
     except OSError:
         return ""
+
+
+def signal_and_wait(pid: int, sig: signal.Signals, timeout: float) -> bool:
+    """Send `sig` to `pid` and wait up to `timeout` seconds for it to exit; True when it did."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+    deadline = time.monotonic() + timeout
+    while pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return not pid_alive(pid)

@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from .builds import binary, collector_bin, sha12
-from .processes import pid_alive, pid_cmdline, pid_starttime, port_open
+from .processes import pid_alive, pid_cmdline, pid_starttime, port_open, signal_and_wait
 from .progress import StackError, log, tail
 from .settings import (
     ALERTS_FILE,
@@ -130,13 +130,8 @@ class Service:
             with contextlib.suppress(OSError):
                 os.unlink(self.pid_path)
             return "not running (started by stack.py)"
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, self.stop_signal)
-        deadline = time.monotonic() + timeout
-        while pid_alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
         how = "stopped"
-        if pid_alive(pid):
+        if not signal_and_wait(pid, self.stop_signal, timeout):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
             how = "killed (did not stop in time)"

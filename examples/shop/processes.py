@@ -32,7 +32,7 @@ REPO_DIR = SHOP_DIR.parent.parent
 if str(REPO_DIR) not in sys.path:  # run as a script, or imported with only examples/shop on the path
     sys.path.append(str(REPO_DIR))
 
-from stack.processes import pid_alive, port_open  # noqa: E402  the stack's pid and port checks
+from stack.processes import pid_alive, port_open, signal_and_wait  # noqa: E402  the stack's process checks
 from stack.settings import HOST  # noqa: E402
 from stack.settings import LOG_DIR as STACK_LOG_DIR  # noqa: E402
 
@@ -89,13 +89,8 @@ class ShopProcess:
             self.pid_path.unlink()
         if pid is None:
             return f"{self.name}: not running"
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while pid_alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
         how = "stopped"
-        if pid_alive(pid):
+        if not signal_and_wait(pid, signal.SIGTERM, timeout):
             how = "killed (did not stop in time)"
         # Its own session: whatever it forked and left behind goes too.
         with contextlib.suppress(ProcessLookupError, PermissionError):
