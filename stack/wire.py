@@ -11,7 +11,7 @@ from typing import Any
 
 from .settings import HOST
 
-__all__ = ["http", "mongo_command", "redis_command"]
+__all__ = ["bson_decode", "bson_encode", "http", "mongo_command", "redis_command"]
 
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never proxy loopback
 
@@ -29,7 +29,7 @@ def http(method: str, url: str, body: bytes | None = None, headers: Mapping[str,
 
 # --- tiny BSON + MongoDB OP_MSG, enough for {ping: 1} / {hello: 1}
 
-def _bson_encode(doc: Mapping[str, bool | int | str]) -> bytes:
+def bson_encode(doc: Mapping[str, bool | int | str]) -> bytes:
     """A BSON document of booleans, 32-bit integers and strings."""
     out = b""
     for k, v in doc.items():
@@ -46,7 +46,7 @@ def _bson_encode(doc: Mapping[str, bool | int | str]) -> bytes:
     return struct.pack("<i", len(out) + 5) + out + b"\0"
 
 
-def _bson_decode(buf: bytes, pos: int = 0) -> dict[str, Any]:
+def bson_decode(buf: bytes, pos: int = 0) -> dict[str, Any]:
     """The BSON document at `buf[pos:]` (the types a hello/ping reply uses)."""
     (size,) = struct.unpack_from("<i", buf, pos)
     end, pos, doc = pos + size - 1, pos + 4, {}
@@ -61,7 +61,7 @@ def _bson_decode(buf: bytes, pos: int = 0) -> dict[str, Any]:
         elif t in (0x02, 0x0D, 0x0E):
             (n,) = struct.unpack_from("<i", buf, pos); v = buf[pos + 4:pos + 3 + n].decode("utf-8", "replace"); pos += 4 + n
         elif t in (0x03, 0x04):
-            v = _bson_decode(buf, pos); pos += struct.unpack_from("<i", buf, pos)[0]
+            v = bson_decode(buf, pos); pos += struct.unpack_from("<i", buf, pos)[0]
             if t == 0x04:
                 v = list(v.values())
         elif t == 0x05:
@@ -86,7 +86,7 @@ def _bson_decode(buf: bytes, pos: int = 0) -> dict[str, Any]:
 
 def mongo_command(port: int, cmd: Mapping[str, bool | int | str], timeout: float = 2.0) -> dict[str, Any]:
     """The reply to one MongoDB command sent as OP_MSG to 127.0.0.1:port."""
-    body = struct.pack("<I", 0) + b"\x00" + _bson_encode(cmd)  # flagBits, section kind 0
+    body = struct.pack("<I", 0) + b"\x00" + bson_encode(cmd)  # flagBits, section kind 0
     header = struct.pack("<iiii", 16 + len(body), 1, 0, 2013)  # OP_MSG
     with socket.create_connection((HOST, port), timeout=timeout) as s:
         s.settimeout(timeout)
@@ -99,7 +99,7 @@ def mongo_command(port: int, cmd: Mapping[str, bool | int | str], timeout: float
             data += chunk
     if struct.unpack_from("<i", data, 12)[0] != 2013 or data[20] != 0:
         raise ValueError("unexpected MongoDB reply")
-    return _bson_decode(data, 21)
+    return bson_decode(data, 21)
 
 
 def redis_command(port: int, *args: str, timeout: float = 2.0) -> bytes:
