@@ -17,7 +17,6 @@ import argparse
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,9 +29,15 @@ from pathlib import Path
 
 SHOP_DIR = Path(__file__).resolve().parent
 REPO_DIR = SHOP_DIR.parent.parent
+if str(REPO_DIR) not in sys.path:  # run as a script, or imported with only examples/shop on the path
+    sys.path.append(str(REPO_DIR))
+
+from stack.processes import pid_alive, port_open, signal_and_wait  # noqa: E402  the stack's process checks
+from stack.settings import HOST  # noqa: E402
+from stack.settings import LOG_DIR as STACK_LOG_DIR  # noqa: E402
+
 BUDGETS_FILE = SHOP_DIR / "budgets.toml"
-LOG_DIR = Path(os.environ.get("OTEL_BUDGET_STACK_DIR") or "/tmp/otel-budget-stack") / "logs"
-HOST = "127.0.0.1"
+LOG_DIR = Path(STACK_LOG_DIR)
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never proxy loopback
 
 
@@ -63,7 +68,7 @@ class ShopProcess:
             pid = int(self.pid_path.read_text().split()[0])
         except (OSError, ValueError, IndexError):
             return None
-        return pid if _alive(pid) else None
+        return pid if pid_alive(pid) else None
 
     def start(self) -> int:
         LOG_DIR.mkdir(parents=True, exist_ok=True)
@@ -84,13 +89,8 @@ class ShopProcess:
             self.pid_path.unlink()
         if pid is None:
             return f"{self.name}: not running"
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while _alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
         how = "stopped"
-        if _alive(pid):
+        if not signal_and_wait(pid, signal.SIGTERM, timeout):
             how = "killed (did not stop in time)"
         # Its own session: whatever it forked and left behind goes too.
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -204,7 +204,7 @@ class ShopProcesses:
         self.stop()
         processes = self.processes()
         for process in processes:
-            if process.port is not None and _port_open(process.port):
+            if process.port is not None and port_open(process.port):
                 raise ShopError(
                     f"port {process.port} (shop {process.name}) is taken by a process this runner did not start; "
                     f"stop it first (`ss -ltnp 'sport = :{process.port}'` shows which)"
@@ -231,7 +231,7 @@ class ShopProcesses:
 
     def _wait_healthy(self, process: ShopProcess, pid: int, log_offset: int, deadline: float) -> None:
         while True:
-            if not _alive(pid):
+            if not pid_alive(pid):
                 raise process.failure(f"exited during start-up (pid {pid})")
             if self._healthy(process, log_offset):
                 return
@@ -259,26 +259,6 @@ def _http_ok(url: str, timeout: float = 1.0) -> bool:
             return bool(response.status == 200)
     except (OSError, urllib.error.URLError):
         return False
-
-
-def _port_open(port: int) -> bool:
-    try:
-        with socket.create_connection((HOST, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        try:
-            os.kill(pid, 0)
-        except (ProcessLookupError, PermissionError):
-            return False
-        return True
 
 
 def _reap(pid: int) -> None:

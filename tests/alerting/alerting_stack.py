@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import yaml
@@ -25,16 +22,6 @@ COLLECTOR_CONFIG = REPO / "collector-config" / "config.yaml"
 PROMETHEUS_URL = "http://127.0.0.1:9090"
 JAEGER_URL = "http://127.0.0.1:16686"
 UP_HINT = "start it with `make stack` (python3 stack/stack.py up; status: python3 stack/stack.py status)"
-
-
-def load_stack_module() -> ModuleType:
-    """stack/stack.py as a module: the code `make stack` runs, so paths and health checks match."""
-    spec = importlib.util.spec_from_file_location("otel_budget_stack", REPO / "stack" / "stack.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 class PrometheusAPI:

@@ -1,4 +1,4 @@
-"""Fixtures for the alerting tests: the stack's services, found through stack/stack.py.
+"""Fixtures for the alerting tests: the stack's services, found through the `stack` package.
 
 Every service these tests need is started by `make stack` (`python3 stack/stack.py up`);
 the tests never start their own copies, and a service that is down is a failure that says
@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -18,16 +17,14 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+import stack as stack_package
 import yaml
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # alerting_stack, budget_traffic
-
-from alerting_stack import ALERTS, DASHBOARD, JAEGER_URL, UP_HINT, PrometheusAPI, load_stack_module  # noqa: E402
+from alerting_stack import ALERTS, DASHBOARD, JAEGER_URL, UP_HINT, PrometheusAPI
 
 
 @pytest.fixture(scope="session")
 def stack() -> ModuleType:
-    return load_stack_module()
+    return stack_package
 
 
 @pytest.fixture(scope="session")

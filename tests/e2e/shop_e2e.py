@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import socket
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
+from jaeger_reader import ExportedSpan, JaegerError, JaegerReader  # examples/shop
 
 SHOP_DIR = Path(__file__).resolve().parents[2] / "examples" / "shop"
-if str(SHOP_DIR) not in sys.path:
-    sys.path.insert(0, str(SHOP_DIR))
-
-from jaeger_reader import ExportedSpan, JaegerError, JaegerReader  # noqa: E402
 
 # What the tests need from `make stack`.
 DATABASES = (("PostgreSQL", 5432), ("FerretDB (MongoDB wire protocol)", 27017))

@@ -7,7 +7,6 @@ app (tests/reliability/apps) adds diagnostic and fault-injection views and tasks
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import socket
@@ -21,8 +20,10 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any
+
+import processes as shop_processes  # examples/shop/processes.py
+import stack
 
 from otel_budget import spanformat
 from otel_budget.results import ScopeResult
@@ -52,19 +53,6 @@ EXPORTER_ENV = {
     "OTEL_METRIC_EXPORT_INTERVAL": "5000",
     "OTEL_METRIC_EXPORT_TIMEOUT": "2000",
 }
-
-
-def _load(name: str, path: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-stack = _load("otel_budget_stack_for_reliability", STACK_SCRIPT)
-shop_processes = _load("otel_budget_shop_processes_for_reliability", SHOP_DIR / "processes.py")
 
 
 # --------------------------------------------------------------------------- the stack

@@ -13,7 +13,7 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from otel_budget import BudgetSpanProcessor, install
 from otel_budget.activation import is_enabled, metrics_enabled, metrics_setting
-from tests.unit.conftest import make_tracing
+from tracing_kit import make_tracing
 
 APP = textwrap.dedent(
     """

@@ -5,7 +5,7 @@ from typing import Any
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-from tests.unit.conftest import make_tracing
+from tracing_kit import make_tracing
 
 
 def collect(reader: InMemoryMetricReader) -> dict[str, list[Any]]:

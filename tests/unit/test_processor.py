@@ -11,7 +11,7 @@ from opentelemetry.trace import SpanKind
 
 from otel_budget import _ratelimit
 from otel_budget.results import ScopeResult
-from tests.unit.conftest import Tracing, make_tracing
+from tracing_kit import Tracing, make_tracing
 
 HTTP_LIMITS = {
     "http": {

@@ -6,7 +6,7 @@ import pytest
 from opentelemetry.trace import SpanKind
 
 from otel_budget import ConfigError, budget, budget_scope, set_budget
-from tests.unit.conftest import Tracing, make_tracing
+from tracing_kit import Tracing, make_tracing
 
 
 def test_decorator_overrides_file_for_a_view() -> None:
