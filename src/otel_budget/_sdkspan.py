@@ -16,11 +16,12 @@ from typing import Any
 
 from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, Span, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, set_span_in_context
 
 __all__ = [
+    "ON_ENDING_FROZEN",
     "SHAPE_OK",
     "attributes",
     "counted",
@@ -70,7 +71,30 @@ def _check_shape() -> bool:
         return False
 
 
+class _EndingProbe(SpanProcessor):
+    """Sees whether `_on_ending` gets a span that can still be written (SDK 1.45: it cannot)."""
+
+    frozen: bool | None = None
+
+    def _on_ending(self, span: Span) -> None:
+        self.frozen = span.end_time is not None
+
+
+def _on_ending_frozen() -> bool:
+    """True when the SDK hands `SpanProcessor._on_ending` an already frozen span (open-telemetry-python#5614)."""
+    probe = _EndingProbe()
+    try:
+        provider = TracerProvider(sampler=ALWAYS_ON, resource=Resource.get_empty(), shutdown_on_exit=False)
+        provider.add_span_processor(probe)
+        provider.get_tracer("otel_budget").start_span("otel-budget-ending").end()
+    except Exception:
+        return True  # then `_on_ending` checks each span itself
+    return probe.frozen is not False
+
+
 SHAPE_OK = _check_shape()
+# Whether `_on_ending` can skip its work: the span it gets is frozen, `_EndScope` has finished the scope.
+ON_ENDING_FROZEN = _on_ending_frozen()
 if not SHAPE_OK:
     logger.info("otel-budget: this OpenTelemetry SDK's spans differ from 1.45's; reading them through the public API")
 

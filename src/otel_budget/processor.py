@@ -54,6 +54,7 @@ _name_of = _sdkspan.name
 _attributes = _sdkspan.attributes
 _times = _sdkspan.times
 _started = _sdkspan.started
+_ON_ENDING_FROZEN = _sdkspan.ON_ENDING_FROZEN
 _ended = _sdkspan.ended
 
 
@@ -191,11 +192,14 @@ class BudgetSpanProcessor(SpanProcessor):
             log_exception(logger, "otel-budget: on_start failed; this span is not counted")
 
     def _on_ending(self, span: Span) -> None:
-        # Today (SDK 1.45) the span is already frozen here and `_EndScope` has done the work.
-        # Should the SDK make it writable (open-telemetry/opentelemetry-python#5613), finish here.
-        if _times(span)[1] is not None:  # frozen (every span, with SDK 1.45): nothing to do here
+        # Today (SDK 1.45) the span is already frozen here and `_EndScope` has done the work: checked
+        # once at import (`_sdkspan.ON_ENDING_FROZEN`). Should the SDK make it writable
+        # (open-telemetry/opentelemetry-python#5613), the scope is finished here.
+        if _ON_ENDING_FROZEN:
             return
         try:
+            if _times(span)[1] is not None:  # this span is frozen after all: `_EndScope` did the work
+                return
             owner = self._scopes.get(_id_of(span))
             if owner is not None and not owner.closed:
                 self._finish(owner, time.time_ns(), writable=True)

@@ -21,11 +21,12 @@ Listener = Callable[[ScopeResult], None]
 
 def write_to_span(span: Span, result: ScopeResult) -> None:
     """Put `result`'s summary attributes and `budget.exceeded` events on the scope span (still open)."""
-    summary, events = spanformat.encode(result)
+    summary = spanformat.encode_summary(result)
     if not _sdkspan.set_clean_attributes(span, summary):
         span.set_attributes(summary)
-    for name, attributes, timestamp_ns in events:
-        span.add_event(name, attributes, timestamp=timestamp_ns)
+    if result.violations:
+        for name, attributes, timestamp_ns in spanformat.encode_events(result):
+            span.add_event(name, attributes, timestamp=timestamp_ns)
 
 
 class Listeners:

@@ -46,9 +46,10 @@ class Counted:
     scale: float = 1.0  # count units per limit unit: 1e6 for times counted in ns and limited in ms
     merged: bool = True  # a nested scope's count is added to its outer scope's (else merged by `merge_into`)
 
-    def value(self, count: int) -> float:
-        """The count as it is reported: ms for times, the count itself otherwise."""
-        return _ms(count) if self.scale == NS_PER_MS else count
+    @property
+    def timed(self) -> bool:
+        """Counted in ns, reported in ms."""
+        return self.scale == NS_PER_MS
 
 
 COUNTED: tuple[Counted, ...] = (
@@ -60,6 +61,8 @@ COUNTED: tuple[Counted, ...] = (
     Counted(names.TASKS_ENQUEUED),
 )
 _SLOTS = {row.metric: slot for slot, row in enumerate(COUNTED)}
+_METRICS = tuple(row.metric for row in COUNTED)
+_TIMED = tuple(row.timed for row in COUNTED)
 
 
 def slot_of(metric: str) -> int:
@@ -347,9 +350,8 @@ class ScopeTally:
             names.MEMORY_GROWTH_MB: _mib(_rss_bytes() - self.rss_start),
             names.MEMORY_PEAK_GROWTH_MB: _mib(peak_end - self.peak_start),
         }
-        counts = self.counts
-        for slot, row in enumerate(COUNTED):
-            values[row.metric] = row.value(counts[slot])
+        for metric, timed, count in zip(_METRICS, _TIMED, self.counts):
+            values[metric] = _ms(count) if timed else count
         if self.thread_id and self.thread_id == _get_ident():
             values[names.CPU_MS] = _ms(cpu_end - self.cpu_start)
         for system, (queries, ns) in self.systems.items():

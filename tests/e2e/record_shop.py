@@ -74,7 +74,7 @@ def record() -> list[dict[str, Any]]:
     from opentelemetry.trace import SpanKind
 
     exporter = InMemorySpanExporter()
-    with _shop(exporter) as client, _partner():
+    with _partner(), _shop(exporter) as client:
         from celery import current_app
 
         for method, path, params in REQUESTS:
@@ -133,16 +133,16 @@ def _shop(exporter: Any) -> Iterator[Any]:
 
 @contextmanager
 def _partner() -> Iterator[None]:
-    """The fake shipping partner on the port the shop's settings name, in a thread."""
-    from django.conf import settings
+    """The fake shipping partner on a free port, in a thread; the shop's settings are pointed at it."""
+    sys.path.insert(0, str(SHOP_DIR))
     from fake_partner import PartnerHandler
 
     class QuietPartner(PartnerHandler):
         def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the stdlib's name
             pass  # stdout is the record
 
-    port = int(str(settings.PARTNER_URL).rsplit(":", 1)[1])
-    server = ThreadingHTTPServer(("127.0.0.1", port), QuietPartner)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), QuietPartner)  # 8010 may be the e2e shop's partner
+    os.environ["SHOP_PARTNER_URL"] = f"http://127.0.0.1:{server.server_address[1]}"  # read by shop.settings
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

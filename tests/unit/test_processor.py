@@ -469,8 +469,11 @@ def test_summary_through_the_sdk_when_span_limits_could_bite() -> None:
         provider.shutdown()
 
 
-def test_writable_span_in_on_ending_finishes_the_scope_there(tracing: Tracing) -> None:
+def test_writable_span_in_on_ending_finishes_the_scope_there(tracing: Tracing, monkeypatch: pytest.MonkeyPatch) -> None:
     """Should the SDK hand `_on_ending` a writable span (opentelemetry-python#5613), the scope ends there, once."""
+    from otel_budget import processor as processor_module
+
+    monkeypatch.setattr(processor_module, "_ON_ENDING_FROZEN", False)  # what the import-time probe finds then
     span = tracing.tracer.start_span("GET", kind=SpanKind.SERVER, attributes={"http.route": "w/"})
     with trace.use_span(span):
         tracing.db("SELECT 1")
