@@ -68,7 +68,12 @@ class ScopeSampler(Sampler):
         except Exception:
             logger.exception("otel-budget: sampling check failed; the span follows the sampler")
             return result
-        return SamplingResult(_RECORD_ONLY, result.attributes, result.trace_state) if opens else result
+        if not opens:
+            return result
+        # The span starts with the result's attributes, not the ones it was started with (Tracer.start_span).
+        if result.attributes:
+            attributes = {**(attributes or {}), **result.attributes}
+        return SamplingResult(_RECORD_ONLY, attributes, result.trace_state)
 
     def get_description(self) -> str:
         return f"OtelBudgetScopes{{{self.sampler.get_description()}}}"
