@@ -189,7 +189,7 @@ def test_nested_scope_within_budget_is_part_of_the_outer_trace() -> None:
 
 
 def test_caps_bound_held_spans_and_count_the_overflow() -> None:
-    """Over the per-scope cap, an over-budget trace exports what was held and counts the rest in budget.spans.dropped."""
+    """Over the per-scope cap, an over-budget trace exports what was held; the rest counts in budget.spans.dropped."""
     sampled = make_sampled(ALWAYS_OFF, max_held_spans_per_scope=3)
     sampled.request(6, repeated=True)  # 7 spans under the scope span: 3 held, 4 not
     (trace,) = sampled.traces().values()
