@@ -37,6 +37,7 @@ class BudgetMetrics:
         self._meter: metrics.Meter | None = None
         self._violations: metrics.Counter | None = None
         self._evicted: metrics.Counter | None = None
+        self._spans_dropped: metrics.Counter | None = None
         self._histograms: dict[str, metrics.Histogram] = {}
 
     def record(self, result: ScopeResult) -> None:
@@ -68,6 +69,12 @@ class BudgetMetrics:
         assert self._evicted is not None
         self._evicted.add(count)
 
+    def spans_dropped(self, count: int) -> None:
+        """Spans of over-budget traces not exported: a cap on held spans was reached (`_held.HeldSpans`)."""
+        self._get_meter()
+        assert self._spans_dropped is not None
+        self._spans_dropped.add(count)
+
     def _get_meter(self) -> metrics.Meter:
         if self._meter is None:
             provider = self._meter_provider or metrics.get_meter_provider()
@@ -77,6 +84,11 @@ class BudgetMetrics:
             )
             self._evicted = meter.create_counter(
                 names.INSTRUMENT_EVICTED, unit="{scope}", description="otel-budget: open scopes evicted unfinished"
+            )
+            self._spans_dropped = meter.create_counter(
+                names.INSTRUMENT_SPANS_DROPPED,
+                unit="{span}",
+                description="otel-budget: spans of over-budget unsampled traces not exported (a cap was reached)",
             )
             self._meter = meter  # last: another thread seeing it set finds the counters made
         return self._meter

@@ -13,6 +13,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from otel_budget import names
 from otel_budget.config import BudgetConfig, ConfigError, load_config
 from otel_budget.processor import BudgetSpanProcessor
+from otel_budget.sampling import wrap_sampler
 from otel_budget.settings import Settings
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "metrics_enabled",
     "metrics_setting",
     "post_instrument",
+    "pre_instrument",
     "set_up_tracing",
 ]
 
@@ -71,6 +73,9 @@ def load_config_or_default(path: str | None = None) -> tuple[BudgetConfig, str |
 def install(tracer_provider: Any = None, *, config_path: str | None = None, **options: Any) -> BudgetSpanProcessor | None:
     """Add a `BudgetSpanProcessor` to `tracer_provider` (default: the global one); idempotent.
 
+    With `OTEL_BUDGET_SAMPLING=all` (the default) it also wraps the provider's sampler so that every scope is
+    tallied whatever the sampler decides (`sampling.ScopeSampler`): call it before tracers are taken from
+    the provider (before instrumenting), as they keep the sampler they were given.
     Returns the processor, or None when disabled or when no SDK TracerProvider is configured.
     """
     settings = Settings.from_env()
@@ -119,8 +124,11 @@ def _add_processor(
 ) -> BudgetSpanProcessor:
     options.setdefault("max_open_scopes", settings.max_open_scopes)
     options.setdefault("record_metrics", settings.record_metrics)
+    options.setdefault("sampling", settings.sampling)
     processor = BudgetSpanProcessor(config=config, config_error=error, **options)
     provider.add_span_processor(processor)
+    if options["sampling"] == names.SAMPLING_ALL and not wrap_sampler(provider, processor.tally_for):
+        logger.warning("otel-budget: the sampler of %r cannot be wrapped; only sampled scopes are tallied", provider)
     setattr(provider, "_otel_budget_processor", processor)  # noqa: B010 - marks the provider as done
     logger.debug("otel-budget: installed with budgets from %s", config.source)
     return processor
@@ -160,6 +168,12 @@ def _django_configured() -> bool:
     except ImportError:
         return False
     return bool(settings.configured or os.environ.get("DJANGO_SETTINGS_MODULE"))
+
+
+def pre_instrument(**_: Any) -> None:
+    """Entry point `opentelemetry_pre_instrument`: after the configurator built the provider, before the
+    instrumentors take their tracers, which then get the wrapped sampler (docs/sampling.md)."""
+    post_instrument()
 
 
 def post_instrument(**_: Any) -> None:

@@ -127,12 +127,18 @@ SPAN_KIND = "span.kind"  # Jaeger's tag for the span kind
 METER_NAME = "otel_budget"
 INSTRUMENT_VIOLATIONS = "budget.violations"
 INSTRUMENT_EVICTED = "budget.scopes.evicted"
+INSTRUMENT_SPANS_DROPPED = "budget.spans.dropped"
 
 # Environment variables.
 ENV_CONFIG = "OTEL_BUDGET_CONFIG"
 ENV_ENABLED = "OTEL_BUDGET_ENABLED"
 ENV_MAX_SCOPES = "OTEL_BUDGET_MAX_OPEN_SCOPES"
 ENV_METRICS = "OTEL_BUDGET_METRICS"
+ENV_SAMPLING = "OTEL_BUDGET_SAMPLING"
+
+# `OTEL_BUDGET_SAMPLING` values: tally every scope whatever the head sampler decides, or only sampled ones.
+SAMPLING_ALL = "all"
+SAMPLING_FOLLOW = "follow"
 
 # Cap on the statement text exported in `budget.statement`.
 STATEMENT_MAX_CHARS = 200

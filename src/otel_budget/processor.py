@@ -27,6 +27,7 @@ from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.trace import SpanKind
 
 from otel_budget import _sdkspan, names, tally, verdict
+from otel_budget._held import DEFAULT_MAX_HELD, DEFAULT_MAX_HELD_PER_SCOPE, HeldSpans
 from otel_budget._metrics import BudgetMetrics
 from otel_budget._ratelimit import log_exception
 from otel_budget.config import BudgetConfig, choices_hint, valid_metrics
@@ -89,15 +90,18 @@ class _EndScope:
         span = self.span
         self.remove()
         end_ns = end_time if end_time is not None else time.time_ns()
+        result = None
         if not tally.closed:
             try:
-                self.processor._finish(tally, end_ns, writable=True)
+                result = self.processor._finish(tally, end_ns, writable=True)
             except Exception:
                 log_exception(logger, "otel-budget: could not finish a scope; its span is exported without budgets")
         if self.original is not None:
             self.original(end_ns)
         else:
             type(span).end(span, end_ns)
+        if tally.held is not None:  # an unsampled scope: export its trace if it is over budget
+            self.processor._settle(tally, span, result)
 
 
 class BudgetSpanProcessor(SpanProcessor):
@@ -110,6 +114,9 @@ class BudgetSpanProcessor(SpanProcessor):
         record_metrics: record the `budget.*` histograms and the `budget.violations` counter; or the
             names of the metrics whose histograms to record (the counter is recorded too).
         meter_provider: where those go (default: the global MeterProvider).
+        sampling: `all`: the spans of a scope recorded but not sampled (`sampling.ScopeSampler`) are held and,
+            if it ends over budget, exported; `follow`: they are not.
+        max_held_spans, max_held_spans_per_scope: caps on those held spans, in total and per scope.
     """
 
     def __init__(
@@ -120,6 +127,9 @@ class BudgetSpanProcessor(SpanProcessor):
         max_open_scopes: int = 10_000,
         record_metrics: bool | Collection[str] = True,
         meter_provider: Any = None,
+        sampling: str = names.SAMPLING_ALL,
+        max_held_spans: int = DEFAULT_MAX_HELD,
+        max_held_spans_per_scope: int = DEFAULT_MAX_HELD_PER_SCOPE,
     ) -> None:
         self.config = config or BudgetConfig()
         self.config_error = config_error
@@ -130,6 +140,11 @@ class BudgetSpanProcessor(SpanProcessor):
         self._evict_lock = threading.Lock()
         self._listeners = Listeners()
         self._overlay: Mapping[str, float] | None = None
+        self._held = (
+            HeldSpans(per_scope=max_held_spans_per_scope, total=max_held_spans)
+            if sampling != names.SAMPLING_FOLLOW
+            else None
+        )
         if record_metrics is False:
             self._metrics: BudgetMetrics | None = None
         else:
@@ -213,8 +228,12 @@ class BudgetSpanProcessor(SpanProcessor):
             if owner is None or owner.closed:
                 return
             if owner.span_id == span_id:  # the scope span ended without our `end`: read-only now
-                self._finish(owner, _times(span)[1] or time.time_ns(), writable=False)
+                result = self._finish(owner, _times(span)[1] or time.time_ns(), writable=False)
+                if owner.held is not None:
+                    self._settle(owner, span, result)
                 return
+            if owner.held is not None:  # a span of an unsampled scope
+                self._held.hold(owner, span)  # type: ignore[union-attr]  # `held` is only set by `_held`
             if kind is _CLIENT:
                 if owner.queue(span_id, span):  # a batch is waiting: count it
                     if not owner.rule_final:
@@ -242,6 +261,8 @@ class BudgetSpanProcessor(SpanProcessor):
             self._evict_oldest()
         opened = ScopeTally(kind, name, span, parent)
         span_id = opened.span_id
+        if self._held is not None and not span.get_span_context().trace_flags.sampled:
+            self._held.start(opened, span)
         self._resolve(opened, opened.start_ns)
         _EndScope(self, opened, span).install()
         self._scopes[span_id] = opened
@@ -283,12 +304,12 @@ class BudgetSpanProcessor(SpanProcessor):
         for span_id in still_open:
             spans.pop(span_id, None)
 
-    def _finish(self, scope: ScopeTally, end_ns: int, *, writable: bool) -> None:
+    def _finish(self, scope: ScopeTally, end_ns: int, *, writable: bool) -> ScopeResult | None:
         self._forget(scope)
         span = scope.span
         try:
             if span is None:
-                return
+                return None
             if not scope.rule_final or scope.kind is _HTTP:
                 self._resolve(scope, end_ns)
             scope.drain()
@@ -300,9 +321,20 @@ class BudgetSpanProcessor(SpanProcessor):
             if self._metrics is not None:
                 self._metrics.record(result)
             self._listeners(result)
+            return result
         finally:
             scope.span = None
             scope.pending = None
+
+    def _settle(self, scope: ScopeTally, span: ReadableSpan, result: ScopeResult | None) -> None:
+        """An unsampled scope's span ended: its held spans exported if it is over budget, else let go."""
+        try:
+            assert self._held is not None
+            dropped = self._held.settle(scope, span, result is not None and bool(result.violations))
+            if dropped and self._metrics is not None:
+                self._metrics.spans_dropped(dropped)
+        except Exception:
+            log_exception(logger, "otel-budget: could not export an over-budget trace that was not sampled")
 
     def _result(self, scope: ScopeTally, span: Span, end_ns: int) -> ScopeResult:
         rule = scope.rule
@@ -341,6 +373,8 @@ class BudgetSpanProcessor(SpanProcessor):
             self.evicted_scopes += 1
         self._forget(oldest)
         oldest.pending = None
+        if self._held is not None:
+            self._held.release(oldest)
         span = oldest.span
         if span is not None:
             end = span.__dict__.get("end")
@@ -364,6 +398,8 @@ class BudgetSpanProcessor(SpanProcessor):
         self._spans = {}
         self._scopes = {}
         self._evict_lock = threading.Lock()  # another thread may have held it at the fork
+        if self._held is not None:
+            self._held.after_fork()
 
 
 def _after_fork_in_child(ref: weakref.ref[BudgetSpanProcessor]) -> None:

@@ -16,7 +16,7 @@ __all__ = ["DEFAULT_MAX_OPEN_SCOPES", "Settings"]
 logger = logging.getLogger("otel_budget")
 
 DEFAULT_MAX_OPEN_SCOPES = 10_000
-VARIABLES = (names.ENV_CONFIG, names.ENV_ENABLED, names.ENV_MAX_SCOPES, names.ENV_METRICS)
+VARIABLES = (names.ENV_CONFIG, names.ENV_ENABLED, names.ENV_MAX_SCOPES, names.ENV_METRICS, names.ENV_SAMPLING)
 _FALSE = {"false", "0", "no", "off"}
 _TRUE = {"true", "1", "yes", "on", ""}
 
@@ -97,3 +97,21 @@ class Settings:
                     "skipping it" if wanted else "recording every metric",
                 )
         return wanted or True
+
+    @functools.cached_property
+    def sampling(self) -> str:
+        """`OTEL_BUDGET_SAMPLING`: `all` (default: every scope tallied, whatever the head sampler decides) or
+        `follow` (only the scopes whose span the sampler records); anything else is logged, and counts as `all`."""
+        raw = self.environ.get(names.ENV_SAMPLING, "")
+        value = raw.strip().lower() or names.SAMPLING_ALL
+        if value not in (names.SAMPLING_ALL, names.SAMPLING_FOLLOW):
+            logger.error(
+                "otel-budget: %s=%r is not a sampling mode (valid: %s, %s); using %s",
+                names.ENV_SAMPLING,
+                raw,
+                names.SAMPLING_ALL,
+                names.SAMPLING_FOLLOW,
+                names.SAMPLING_ALL,
+            )
+            return names.SAMPLING_ALL
+        return value

@@ -117,7 +117,7 @@ class ScopeTally:
     __slots__ = (
         "kind", "name", "span", "span_id", "parent", "closed", "lock", "rule", "rule_final", "code_limits",
         "start_ns", "rss_start", "peak_start", "cpu_start", "thread_id", "counts", "limits", "lim_systems",
-        "systems", "statements", "max_statement", "crossed", "open_spans", "pending",
+        "systems", "statements", "max_statement", "crossed", "open_spans", "pending", "held", "held_overflow",
     )  # fmt: skip
 
     def __init__(self, kind: ScopeKind, name: str, span: Span, parent: ScopeTally | None) -> None:
@@ -149,6 +149,9 @@ class ScopeTally:
         self.open_spans: set[int] | None = None
         # CLIENT spans ended but not yet counted (see `drain`); made with `open_spans`.
         self.pending: list[ReadableSpan] | None = None
+        # An unsampled scope's ended spans, exported if it ends over budget (`_held.HeldSpans`); else None.
+        self.held: list[ReadableSpan] | None = None
+        self.held_overflow = 0  # its spans not held (a cap was reached)
 
     # -- child spans ----------------------------------------------------------------------------------
     def adopt(self, span_id: int) -> None:

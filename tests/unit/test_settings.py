@@ -96,3 +96,15 @@ def test_a_value_is_parsed_only_when_used(caplog: pytest.LogCaptureFixture) -> N
     )
     assert settings.enabled is False
     assert caplog.records == []
+
+
+@pytest.mark.parametrize(("value", "mode"), [("", "all"), ("all", "all"), (" Follow ", "follow")])
+def test_sampling(value: str, mode: str) -> None:
+    """OTEL_BUDGET_SAMPLING: all (default) or follow, case and spaces aside."""
+    assert Settings.from_env({"OTEL_BUDGET_SAMPLING": value}).sampling == mode
+
+
+def test_bad_sampling_logs_and_tallies_all(caplog: pytest.LogCaptureFixture) -> None:
+    """An unknown OTEL_BUDGET_SAMPLING is logged with the valid values and counts as all."""
+    assert Settings.from_env({"OTEL_BUDGET_SAMPLING": "sampled"}).sampling == "all"
+    assert errors(caplog) == ["otel-budget: OTEL_BUDGET_SAMPLING='sampled' is not a sampling mode (valid: all, follow); using all"]
