@@ -107,7 +107,7 @@ class BudgetPlugin:
             self.results.extend((item.nodeid, scope) for scope in collected)
         over = [scope for scope in collected if scope.violations]
         if over:
-            pytest.fail(failure_message(over, self.budgets.source, limits), pytrace=False)
+            pytest.fail(failure_message(over, self.budgets, limits), pytrace=False)
         return result
 
     def _on_scope(self, result: ScopeResult) -> None:

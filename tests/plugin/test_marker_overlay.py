@@ -9,7 +9,7 @@ import pytest
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
-from otel_budget import budget_scope
+from otel_budget import budget, budget_scope, set_budget
 
 
 def queries(count):
@@ -34,6 +34,24 @@ def test_in_code_limit_wins():
 
 def test_unmarked_is_back_on_the_file():
     with budget_scope("job"):
+        queries(2)
+
+
+@budget(db_queries=1)
+def reprice():
+    queries(2)
+
+
+@pytest.mark.budget(db_queries=5)
+def test_decorator_limit_is_code():
+    with budget_scope("job"):
+        reprice()
+
+
+@pytest.mark.budget(db_queries=5)
+def test_set_budget_limit_is_code():
+    with budget_scope("job"):
+        set_budget(db_queries=1)
         queries(2)
 """
 
@@ -71,3 +89,39 @@ def test_in_code_limit_wins_over_the_marker(scopes: pytest.Pytester) -> None:
     )  # fmt: skip
     result.assert_outcomes(passed=2, failed=1)
     result.stdout.fnmatch_lines(["FAILED test_scopes.py::test_marker_limit - *"])
+
+
+def test_in_code_limit_is_named_as_code(scopes: pytest.Pytester) -> None:
+    """A limit from @budget or set_budget fails with advice to raise it in the code, not with a marker."""
+    result = scopes.runpytest_subprocess(
+        "--budgets", "budgets.toml", "test_scopes.py::test_decorator_limit_is_code",
+        "test_scopes.py::test_set_budget_limit_is_code", timeout=120,
+    )  # fmt: skip
+    result.assert_outcomes(failed=2)
+    for _ in range(2):
+        result.stdout.fnmatch_lines(
+            [
+                "  db.queries: 2 > limit 1  [rule code]",
+                "    limit set in code for this scope (budget_scope(...) or set_budget()); @pytest.mark.budget cannot raise it",
+                "Fix the code, or raise the limit where the code sets it: db_queries=2 (rule code: *)",
+            ]
+        )
+    result.stdout.no_fnmatch_line("*raise the limit for this test*")
+
+
+def test_marker_and_file_limits_are_named(scopes: pytest.Pytester) -> None:
+    """The marker's limit is named as the marker's; the file's as the file's section."""
+    scopes.makefile(".toml", low="[scope]\ndb.queries = 1\n")
+    result = scopes.runpytest_subprocess(
+        "--budgets", "low.toml", "-p", "no:randomly", "test_scopes.py::test_marker_limit",
+        "test_scopes.py::test_unmarked_is_back_on_the_file", timeout=120,
+    )  # fmt: skip
+    result.assert_outcomes(failed=2)
+    result.stdout.fnmatch_lines(
+        [
+            "    limit from this test's @pytest.mark.budget",
+            "Fix the code, or raise the limit for this test: @pytest.mark.budget(db_queries=2)",
+            "    limit from low.toml: [scope]",
+            "Fix the code, or raise the limit for this test: @pytest.mark.budget(db_queries=2)",
+        ]
+    )
