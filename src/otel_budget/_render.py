@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 from otel_budget import names
 from otel_budget._table import number, render_table
+from otel_budget.activation import django_unconfigured
 from otel_budget.config import BudgetConfig
 from otel_budget.names import ScopeKind
 from otel_budget.results import ScopeResult, Violation
 
-__all__ = ["REPORT_ROWS", "failure_message", "heaviest_table"]
+__all__ = ["REPORT_ROWS", "failure_message", "heaviest_table", "instrumentation_line", "unbudgeted_warning"]
 
 REPORT_ROWS = 15
+UNBUDGETED_NAMES = 20  # tests named in the no-scope warning; the rest are counted
 _KIND_NOUN = {ScopeKind.HTTP: "view", ScopeKind.CELERY: "task", ScopeKind.SCOPE: "scope"}
 _HEAVIEST_HEADER = ("scope", "runs", "over", "db.queries", "repeated", "db ms", "duration ms", "heaviest in test")
 
@@ -123,3 +125,29 @@ def _weight(result: ScopeResult) -> tuple[float, float]:
 
 def _keywords(limits: Mapping[str, float]) -> str:
     return ", ".join(f"{metric.replace('.', '_')}={number(value)}" for metric, value in limits.items())
+
+
+def instrumentation_line(instrumentors: Sequence[object]) -> str:
+    """The report header's second line: which instrumentations the plugin switched on, and Django's state."""
+    switched = sorted(type(instrumentor).__module__.rsplit(".", 1)[-1] for instrumentor in instrumentors)
+    line = f"otel-budget: instrumentations switched on: {', '.join(switched) or 'none'}"
+    if "django" not in switched and django_unconfigured():
+        line += (
+            "; not Django: its settings are not configured, so test-client requests are not budgeted "
+            "(install pytest-django and set DJANGO_SETTINGS_MODULE)"
+        )
+    return line
+
+
+def unbudgeted_warning(nodeids: Sequence[str], source: str) -> list[str]:
+    """The terminal summary's warning: a title, then the tests in which no request, task or scope ran."""
+    lines = [
+        f"otel-budget: {len(nodeids)} test(s) ran no request, task or scope: not checked against {source}",
+        "A Django test-client request is budgeted only with Django's instrumentation on (pytest-django "
+        "configures the settings it needs), a Celery task only when it runs in the test's process; wrap "
+        "anything else in budget_scope(...). See the header for the instrumentations switched on.",
+    ]
+    lines += [f"  {nodeid}" for nodeid in nodeids[:UNBUDGETED_NAMES]]
+    if len(nodeids) > UNBUDGETED_NAMES:
+        lines.append(f"  ... and {len(nodeids) - UNBUDGETED_NAMES} more")
+    return lines

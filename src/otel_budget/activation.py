@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
 import os
 from typing import Any
@@ -16,6 +17,7 @@ from otel_budget.processor import BudgetSpanProcessor
 from otel_budget.settings import Settings
 
 __all__ = [
+    "django_unconfigured",
     "install",
     "instrument_installed",
     "is_enabled",
@@ -160,6 +162,11 @@ def _django_configured() -> bool:
     except ImportError:
         return False
     return bool(settings.configured or os.environ.get("DJANGO_SETTINGS_MODULE"))
+
+
+def django_unconfigured() -> bool:
+    """Django is installed but its settings are not configured: its instrumentation stays off."""
+    return importlib.util.find_spec("django") is not None and not _django_configured()
 
 
 def post_instrument(**_: Any) -> None:

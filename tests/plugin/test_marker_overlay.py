@@ -37,6 +37,10 @@ def test_unmarked_is_back_on_the_file():
         queries(2)
 
 
+def test_no_scope_runs():
+    queries(2)
+
+
 @budget(db_queries=1)
 def reprice():
     queries(2)
@@ -123,5 +127,34 @@ def test_marker_and_file_limits_are_named(scopes: pytest.Pytester) -> None:
             "Fix the code, or raise the limit for this test: @pytest.mark.budget(db_queries=2)",
             "    limit from low.toml: [scope]",
             "Fix the code, or raise the limit for this test: @pytest.mark.budget(db_queries=2)",
+        ]
+    )
+
+
+def test_tests_without_a_scope_are_named(scopes: pytest.Pytester) -> None:
+    """A test in which no request, task or scope ran passes, but the summary says so, naming it."""
+    result = scopes.runpytest_subprocess(
+        "--budgets", "budgets.toml", "-p", "no:randomly", "test_scopes.py::test_no_scope_runs",
+        "test_scopes.py::test_unmarked_is_back_on_the_file", timeout=120,
+    )  # fmt: skip
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(
+        [
+            "*= otel-budget: 1 test(s) ran no request, task or scope: not checked against budgets.toml =*",
+            "A Django test-client request is budgeted only with Django's instrumentation on (pytest-django *",
+            "  test_scopes.py::test_no_scope_runs",
+        ]
+    )
+    result.stdout.no_fnmatch_line("  test_scopes.py::test_unmarked_is_back_on_the_file")
+
+
+def test_header_lists_the_instrumentations_and_says_django_is_off(scopes: pytest.Pytester) -> None:
+    """Without Django settings the header says which instrumentations are on and why Django is not."""
+    result = scopes.runpytest_subprocess("--budgets", "budgets.toml", "test_scopes.py::test_marker_limit", timeout=120)
+    result.stdout.fnmatch_lines(
+        [
+            "otel-budget: budgets from budgets.toml; own TracerProvider (no exporter)",
+            "otel-budget: instrumentations switched on: *psycopg2*; not Django: its settings are not configured, "
+            "so test-client requests are not budgeted (install pytest-django and set DJANGO_SETTINGS_MODULE)",
         ]
     )

@@ -27,6 +27,7 @@ def test_n_plus_one_fails_with_the_statement(project: pytest.Pytester) -> None:
             "  db.repeated_queries: 6 > limit 3  [rule http]",
             '    repeated 6 times: SELECT "books_author"."id", "books_author"."name" FROM "books_author" '
             'WHERE "books_author"."id" = ? LIMIT ?',
+            "    limit from budgets.toml: [http]",
             "Fix the code, or raise the limit for this test: @pytest.mark.budget(db_repeated_queries=6)",
         ],
         consecutive=False,
@@ -104,7 +105,11 @@ def test_environment_variable_activates(project: pytest.Pytester, monkeypatch: p
     result = run(project, "test_shop.py::test_book_list")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
-        ["otel-budget: budgets from budgets.toml; own TracerProvider (no exporter)", "GET books/  (trace *)"]
+        [
+            "otel-budget: budgets from budgets.toml; own TracerProvider (no exporter)",
+            "otel-budget: instrumentations switched on: celery, django, *psycopg2, pymongo, *",
+            "GET books/  (trace *)",
+        ]
     )
 
 
@@ -133,6 +138,7 @@ def test_reuses_configured_tracer_provider(project: pytest.Pytester, monkeypatch
     result.stdout.fnmatch_lines(
         [
             "otel-budget: budgets from budgets.toml; reusing the configured TracerProvider",
+            "otel-budget: instrumentations switched on: none",  # opentelemetry-instrument switched them on
             "GET books/  (trace *)",
             "  db.repeated_queries: 6 > limit 3  [rule http]",
         ]
