@@ -95,31 +95,29 @@ def test_in_code_limit_wins_over_the_marker(scopes: pytest.Pytester) -> None:
     result.stdout.fnmatch_lines(["FAILED test_scopes.py::test_marker_limit - *"])
 
 
+def run(scopes: pytest.Pytester, budgets: str, *tests: str) -> pytest.RunResult:
+    """Run `tests` of test_scopes.py in order with `--budgets budgets`."""
+    nodeids = [f"test_scopes.py::{test}" for test in tests]
+    return scopes.runpytest_subprocess("--budgets", budgets, "-p", "no:randomly", *nodeids, timeout=120)
+
+
 def test_in_code_limit_is_named_as_code(scopes: pytest.Pytester) -> None:
     """A limit from @budget or set_budget fails with advice to raise it in the code, not with a marker."""
-    result = scopes.runpytest_subprocess(
-        "--budgets", "budgets.toml", "test_scopes.py::test_decorator_limit_is_code",
-        "test_scopes.py::test_set_budget_limit_is_code", timeout=120,
-    )  # fmt: skip
+    result = run(scopes, "budgets.toml", "test_decorator_limit_is_code", "test_set_budget_limit_is_code")
     result.assert_outcomes(failed=2)
-    for _ in range(2):
-        result.stdout.fnmatch_lines(
-            [
-                "  db.queries: 2 > limit 1  [rule code]",
-                "    limit set in code for this scope (budget_scope(...) or set_budget()); @pytest.mark.budget cannot raise it",
-                "Fix the code, or raise the limit where the code sets it: db_queries=2 (rule code: *)",
-            ]
-        )
+    in_code = [
+        "  db.queries: 2 > limit 1  [rule code]",
+        "    limit set in code for this scope (budget_scope(...) or set_budget()); @pytest.mark.budget cannot raise it",
+        "Fix the code, or raise the limit where the code sets it: db_queries=2 (rule code: *)",
+    ]
+    result.stdout.fnmatch_lines(in_code * 2)
     result.stdout.no_fnmatch_line("*raise the limit for this test*")
 
 
 def test_marker_and_file_limits_are_named(scopes: pytest.Pytester) -> None:
     """The marker's limit is named as the marker's; the file's as the file's section."""
     scopes.makefile(".toml", low="[scope]\ndb.queries = 1\n")
-    result = scopes.runpytest_subprocess(
-        "--budgets", "low.toml", "-p", "no:randomly", "test_scopes.py::test_marker_limit",
-        "test_scopes.py::test_unmarked_is_back_on_the_file", timeout=120,
-    )  # fmt: skip
+    result = run(scopes, "low.toml", "test_marker_limit", "test_unmarked_is_back_on_the_file")
     result.assert_outcomes(failed=2)
     result.stdout.fnmatch_lines(
         [
@@ -133,10 +131,7 @@ def test_marker_and_file_limits_are_named(scopes: pytest.Pytester) -> None:
 
 def test_tests_without_a_scope_are_named(scopes: pytest.Pytester) -> None:
     """A test in which no request, task or scope ran passes, but the summary says so, naming it."""
-    result = scopes.runpytest_subprocess(
-        "--budgets", "budgets.toml", "-p", "no:randomly", "test_scopes.py::test_no_scope_runs",
-        "test_scopes.py::test_unmarked_is_back_on_the_file", timeout=120,
-    )  # fmt: skip
+    result = run(scopes, "budgets.toml", "test_no_scope_runs", "test_unmarked_is_back_on_the_file")
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(
         [
@@ -150,7 +145,7 @@ def test_tests_without_a_scope_are_named(scopes: pytest.Pytester) -> None:
 
 def test_header_lists_the_instrumentations_and_says_django_is_off(scopes: pytest.Pytester) -> None:
     """Without Django settings the header says which instrumentations are on and why Django is not."""
-    result = scopes.runpytest_subprocess("--budgets", "budgets.toml", "test_scopes.py::test_marker_limit", timeout=120)
+    result = run(scopes, "budgets.toml", "test_marker_limit")
     result.stdout.fnmatch_lines(
         [
             "otel-budget: budgets from budgets.toml; own TracerProvider (no exporter)",
