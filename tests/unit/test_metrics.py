@@ -53,3 +53,34 @@ def test_task_histograms_by_task_name() -> None:
         tracing.db("SELECT 1")
     (point,) = collect(reader)["budget.db.queries"]
     assert dict(point.attributes) == {"celery.task_name": "shop.tasks.t"}
+
+
+def test_histogram_buckets_fit_counts_mib_and_ms() -> None:
+    """Counts get a bucket per value up to 20, MiB start at 10 KiB, ms reach minutes (not the SDK default)."""
+    reader = InMemoryMetricReader()
+    tracing = make_tracing(record_metrics=True, meter_provider=MeterProvider([reader]))
+    with tracing.request(route="books/"):
+        for i in range(18):
+            tracing.db(f"SELECT {i}")
+    metrics = collect(reader)
+    (queries,) = metrics["budget.db.queries"]
+    bounds = list(queries.explicit_bounds)
+    assert bounds[:21] == list(range(21)) and bounds[-1] == 5000
+    assert queries.bucket_counts[bounds.index(18)] == 1  # the (17, 18] bucket: a quantile reads 17-18
+    (growth,) = metrics["budget.memory.growth_mb"]
+    assert list(growth.explicit_bounds)[:3] == [0, 0.01, 0.025]
+    (duration,) = metrics["budget.duration_ms"]
+    assert list(duration.explicit_bounds)[-3:] == [30000, 60000, 300000]
+
+
+def test_an_application_view_wins_over_the_advice() -> None:
+    """A View with its own aggregation replaces the advised boundaries."""
+    from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
+
+    reader = InMemoryMetricReader()
+    view = View(instrument_name="budget.db.queries", aggregation=ExplicitBucketHistogramAggregation((0, 100)))
+    tracing = make_tracing(record_metrics=True, meter_provider=MeterProvider([reader], views=[view]))
+    with tracing.request(route="books/"):
+        tracing.db("SELECT 1")
+    (queries,) = collect(reader)["budget.db.queries"]
+    assert list(queries.explicit_bounds) == [0, 100]
