@@ -26,8 +26,21 @@ _BOUNDS: dict[str, tuple[float, ...]] = {
 }
 
 
+_NAME_UNITS = ("_ms", "_mb")
+
+
 def _unit(metric: str) -> str:
     return _UNITS.get(metric.rsplit("_", 1)[-1].rsplit(".", 1)[-1], "1")
+
+
+def instrument_name(metric: str) -> str:
+    """`budget.<metric>` without the unit the metric's name ends with (`_ms`, `_mb`): the instrument
+    declares it, and Prometheus exporters append it once (`budget_duration_milliseconds`, not
+    `budget_duration_ms_milliseconds`)."""
+    for suffix in _NAME_UNITS:
+        if metric.endswith(suffix):
+            return names.PREFIX + metric[: -len(suffix)]
+    return names.PREFIX + metric
 
 
 def bucket_bounds(unit: str) -> tuple[float, ...]:
@@ -65,7 +78,7 @@ class BudgetMetrics:
             if histogram is None:
                 unit = _unit(metric)
                 histogram = meter.create_histogram(
-                    names.PREFIX + metric,
+                    instrument_name(metric),
                     unit=unit,
                     description=f"otel-budget: {metric} per scope",
                     explicit_bucket_boundaries_advisory=bucket_bounds(unit),
