@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -127,7 +128,8 @@ def test_reuses_configured_tracer_provider(project: pytest.Pytester, monkeypatch
     # As in production: the distro's Django instrumentation reads the settings at start-up.
     for name, value in {
         "DJANGO_SETTINGS_MODULE": "testproj.settings",
-        "PYTHONPATH": str(project.path),
+        # The project, then whatever the runner had (a source tree tested without installing it).
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(project.path), os.environ.get("PYTHONPATH")])),
         "OTEL_TRACES_EXPORTER": "none",
         "OTEL_METRICS_EXPORTER": "none",
         "OTEL_LOGS_EXPORTER": "none",
