@@ -140,7 +140,6 @@ def test_reuses_configured_tracer_provider(project: pytest.Pytester, monkeypatch
     result.stdout.fnmatch_lines(
         [
             "otel-budget: budgets from budgets.toml; reusing the configured TracerProvider",
-            "otel-budget: instrumentations switched on: none",  # opentelemetry-instrument switched them on
             "GET books/  (trace *)",
             "  db.repeated_queries: 6 > limit 3  [rule http]",
         ]
