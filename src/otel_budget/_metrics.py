@@ -15,9 +15,37 @@ logger = logging.getLogger(__name__)
 
 _UNITS = {"ms": "ms", "mb": "MiB", "queries": "{query}", "calls": "{call}", "enqueued": "{task}"}
 
+# Bucket boundaries by unit, given to the SDK as advice (a View the application configures wins).
+# The SDK's default (0, 5, 10, 25, 50, ...) suits none of ours: 18 queries a request read back as a
+# p95 of 24.25 and 0.004 MiB of growth as a p50 of 2.5. Counts get one bucket per value up to 20, so a
+# quantile lands within 1 of the true count; MiB start at 10 KiB; ms reach a slow Celery task's minutes.
+_COUNT_BOUNDS = (*range(21), 25, 30, 40, 50, 60, 80, 100, 150, 200, 300, 500, 1000, 2000, 5000)
+_BOUNDS: dict[str, tuple[float, ...]] = {
+    "ms": (0, 1, 2, 5, 10, 25, 50, 75, 100, 150, 250, 500, 750, 1000, 1500, 2500, 5000, 10000, 30000, 60000, 300000),
+    "MiB": (0, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000),
+}
+
+
+_NAME_UNITS = ("_ms", "_mb")
+
 
 def _unit(metric: str) -> str:
     return _UNITS.get(metric.rsplit("_", 1)[-1].rsplit(".", 1)[-1], "1")
+
+
+def instrument_name(metric: str) -> str:
+    """`budget.<metric>` without the unit the metric's name ends with (`_ms`, `_mb`): the instrument
+    declares it, and Prometheus exporters append it once (`budget_duration_milliseconds`, not
+    `budget_duration_ms_milliseconds`)."""
+    for suffix in _NAME_UNITS:
+        if metric.endswith(suffix):
+            return names.PREFIX + metric[: -len(suffix)]
+    return names.PREFIX + metric
+
+
+def bucket_bounds(unit: str) -> tuple[float, ...]:
+    """The histogram bucket boundaries for a metric of `unit`: counts unless it is `ms` or `MiB`."""
+    return _BOUNDS.get(unit, _COUNT_BOUNDS)
 
 
 class BudgetMetrics:
@@ -49,8 +77,12 @@ class BudgetMetrics:
                 continue
             histogram = self._histograms.get(metric)
             if histogram is None:
+                unit = _unit(metric)
                 histogram = meter.create_histogram(
-                    names.PREFIX + metric, unit=_unit(metric), description=f"otel-budget: {metric} per scope"
+                    instrument_name(metric),
+                    unit=unit,
+                    description=f"otel-budget: {metric} per scope",
+                    explicit_bucket_boundaries_advisory=bucket_bounds(unit),
                 )
                 self._histograms[metric] = histogram
             # Histograms take no negative values: memory that shrank is recorded as 0 growth here

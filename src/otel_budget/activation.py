@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
 import os
 from typing import Any
@@ -17,6 +18,7 @@ from otel_budget.sampling import wrap_sampler
 from otel_budget.settings import Settings
 
 __all__ = [
+    "django_unconfigured",
     "install",
     "instrument_installed",
     "is_enabled",
@@ -174,6 +176,11 @@ def pre_instrument(**_: Any) -> None:
     """Entry point `opentelemetry_pre_instrument`: after the configurator built the provider, before the
     instrumentors take their tracers, which then get the wrapped sampler (docs/sampling.md)."""
     post_instrument()
+
+
+def django_unconfigured() -> bool:
+    """Django is installed but its settings are not configured: its instrumentation stays off."""
+    return importlib.util.find_spec("django") is not None and not _django_configured()
 
 
 def post_instrument(**_: Any) -> None:

@@ -31,13 +31,14 @@ def _check_config(args: argparse.Namespace) -> int:
 
 def _report(args: argparse.Namespace) -> int:
     from otel_budget.report import build_report, render_json, render_text
-    from otel_budget.sources import SourceError, parse_lookback, read_jaeger, read_otlp_json
+    from otel_budget.sources import SourceError, UnknownServiceError, parse_lookback, read_jaeger, read_otlp_json
 
     def progress(message: str) -> None:
         if not args.quiet:
             print(message, file=sys.stderr, flush=True)
 
     budgets: BudgetConfig | None = None
+    capped: list[str] = []
     budgets_path = args.budgets or Settings.from_env().config_path
     try:
         if budgets_path:
@@ -50,19 +51,28 @@ def _report(args: argparse.Namespace) -> int:
             sources = {"from": ", ".join(args.otlp_json)}
         else:
             lookback = parse_lookback(args.lookback)
-            spans, services = read_jaeger(
+            read = read_jaeger(
                 args.jaeger, services=args.service or (), lookback_s=lookback, limit=args.limit, progress=progress
             )
-            sources = {"Jaeger": args.jaeger, "services": ", ".join(services) or "none", "last": args.lookback}
+            spans, capped = read.spans, read.capped
+            sources = {"Jaeger": args.jaeger, "services": ", ".join(read.services) or "none", "last": args.lookback}
+    except UnknownServiceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except (ConfigError, SourceError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     if budgets is not None:
         sources["budgets"] = budgets.source
-    report = build_report(spans, budgets=budgets, top=args.top, sources=sources)
+    report = build_report(spans, budgets=budgets, top=args.top, sources=sources, capped=capped, trace_limit=args.limit)
     render = render_json if args.format == "json" else render_text
     sys.stdout.write(render(report, jaeger_url=args.jaeger))
-    return 0
+    return 1 if args.fail_on_violation and report.violations else 0
+
+
+def _jaeger_url(text: str) -> str:
+    """`host:port` means `http://host:port`."""
+    return text if "://" in text else f"http://{text}"
 
 
 def _positive(text: str) -> int:
@@ -111,13 +121,16 @@ def _add_report(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "  otel-budget report --service shop --lookback 30m\n"
         "  otel-budget report --otlp-json traces.jsonl --format json\n\n"
         "A metric is listed once it has a limit: from its budget.exceeded events, or from the\n"
-        f"budgets file (--budgets, default ${names.ENV_CONFIG}), which also lists metrics within budget.\n",
+        f"budgets file (--budgets, default ${names.ENV_CONFIG}), which also lists metrics within budget.\n\n"
+        "exit status: 0 report printed; 1 the traces or the budgets file could not be read, or (with\n"
+        "--fail-on-violation) a budget.exceeded event was found; 2 usage error or no such service in Jaeger.\n",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     source = report.add_argument_group("where the traces come from (default: Jaeger)")
     source.add_argument(
-        "--jaeger", metavar="URL", default=DEFAULT_JAEGER, help=f"Jaeger query API, also used for trace links (default {DEFAULT_JAEGER})"
-    )
+        "--jaeger", metavar="URL", default=DEFAULT_JAEGER, type=_jaeger_url,
+        help=f"Jaeger query API, also used for trace links; host:port means http:// (default {DEFAULT_JAEGER})",
+    )  # fmt: skip
     source.add_argument(
         "--service", metavar="NAME", action="append", help="a service to read (repeatable; default: every service Jaeger lists)"
     )
@@ -125,8 +138,9 @@ def _add_report(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "--lookback", metavar="AGE", default="1h", type=_lookback, help="how far back, e.g. 30m, 1h, 2d (default 1h)"
     )
     source.add_argument(
-        "--limit", metavar="N", type=_positive, default=500, help="most traces read per service (default 500)"
-    )
+        "--limit", metavar="N", type=_positive, default=500,
+        help="most traces read per service, the newest first (default 500); the report warns when a service hit it",
+    )  # fmt: skip
     source.add_argument(
         "--otlp-json", metavar="FILE", action="append",
         help="read an OTLP/JSON file instead of Jaeger: the collector's file exporter output or a "
@@ -137,6 +151,10 @@ def _add_report(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     output.add_argument("--top", metavar="N", type=_positive, default=20, help="rows to show (default 20)")
     output.add_argument("--format", choices=("text", "json"), default="text", help="output format (default text)")
     output.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+    output.add_argument(
+        "--fail-on-violation", action="store_true",
+        help="exit 1 when any scope read has a budget.exceeded event (a CI gate)",
+    )  # fmt: skip
     report.set_defaults(func=_report)
 
 

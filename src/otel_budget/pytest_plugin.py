@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from otel_budget._pytest_options import MARKER_HELP, add_options, budgets_file, marker_limits
-from otel_budget._render import failure_message, heaviest_table
+from otel_budget._render import failure_message, heaviest_table, instrumentation_line, unbudgeted_warning
 from otel_budget.activation import instrument_installed, set_up_tracing
 from otel_budget.config import BudgetConfig, ConfigError, load_config
 from otel_budget.processor import BudgetSpanProcessor
@@ -64,9 +64,10 @@ class BudgetPlugin:
         self.setup = setup
         self.report = report
         self.results: list[tuple[str, ScopeResult]] = []  # (test node id, result) for the report
+        self.unbudgeted: list[str] = []  # tests that passed their call phase with no scope finished in it
         self._collecting: list[ScopeResult] | None = None
         self._lock = threading.Lock()
-        self._instrumented: list[Any] = []
+        self._instrumented: list[Any] | None = None  # the instrumentors switched on, once the session starts
         self._previous_config = processor.config
         if processor.config != budgets:
             processor.config = budgets
@@ -76,16 +77,21 @@ class BudgetPlugin:
     @pytest.hookimpl(trylast=True)
     def pytest_sessionstart(self, session: pytest.Session) -> None:
         # After every pytest_configure: Django settings are configured by now (pytest-django).
-        self._instrumented = instrument_installed()
+        self._instrument_once()
+
+    def _instrument_once(self) -> None:
+        if self._instrumented is None:
+            self._instrumented = instrument_installed()
 
     def pytest_unconfigure(self, config: pytest.Config) -> None:
-        for instrumentor in self._instrumented:
+        for instrumentor in self._instrumented or ():
             instrumentor.uninstrument()
         self.processor.remove_listener(self._on_scope)
         self.processor.config = self._previous_config
 
-    def pytest_report_header(self, config: pytest.Config) -> str:
-        return f"otel-budget: budgets from {self.budgets.source}; {self.setup}"
+    def pytest_report_header(self, config: pytest.Config) -> list[str]:
+        self._instrument_once()  # the terminal reporter asks for the header in its own pytest_sessionstart
+        return [f"otel-budget: budgets from {self.budgets.source}; {self.setup}", instrumentation_line(self._instrumented or ())]
 
     # -- per test -----------------------------------------------------------------------------------
     @pytest.hookimpl(wrapper=True)
@@ -105,9 +111,11 @@ class BudgetPlugin:
                 self._collecting = None
             processor.set_overlay(None)
             self.results.extend((item.nodeid, scope) for scope in collected)
+        if not collected:
+            self.unbudgeted.append(item.nodeid)
         over = [scope for scope in collected if scope.violations]
         if over:
-            pytest.fail(failure_message(over, self.budgets.source, limits), pytrace=False)
+            pytest.fail(failure_message(over, self.budgets, limits), pytrace=False)
         return result
 
     def _on_scope(self, result: ScopeResult) -> None:
@@ -117,6 +125,11 @@ class BudgetPlugin:
 
     # -- report -------------------------------------------------------------------------------------
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if self.unbudgeted:
+            title, *lines = unbudgeted_warning(self.unbudgeted, self.budgets.source)
+            terminalreporter.write_sep("=", title, yellow=True, bold=True)
+            for line in lines:
+                terminalreporter.write_line(line)
         if not self.report:
             return
         terminalreporter.write_sep("=", "otel-budget: heaviest scopes")

@@ -13,10 +13,22 @@ from otel_budget._table import number, render_table
 from otel_budget.config import BudgetConfig
 from otel_budget.results import ScopeResult
 
-__all__ = ["Offender", "Report", "WorstScope", "build_report", "percentile", "render_json", "render_text"]
+__all__ = [
+    "UNKNOWN_SERVICE",
+    "Offender",
+    "Report",
+    "WorstScope",
+    "build_report",
+    "percentile",
+    "render_json",
+    "render_text",
+    "warnings",
+]
 
 _KIND_WORDS = {names.RULE_HTTP: "request", names.RULE_CELERY: "task", names.RULE_SCOPE: "scope"}
 _EXAMPLES = 3
+UNKNOWN_SERVICE = "-"  # spans read without a `service.name`
+_GroupKey = tuple[str | None, str, str, str | None]  # service, kind, name, method
 
 
 @dataclass(frozen=True)
@@ -24,6 +36,7 @@ class Offender:
     """One route/task and metric: how its actual values compare with its limit."""
 
     label: str  # `GET orders/`, `task shop.tasks.rebuild`, `scope nightly-import`
+    service: str | None  # `service.name` of the spans; rows of two services are never merged
     kind: str
     name: str
     method: str | None
@@ -50,6 +63,7 @@ class WorstScope:
     """The route, task or scope with the most runs over budget."""
 
     label: str
+    service: str | None
     kind: str
     runs: int
     over: int  # runs with at least one budget.exceeded event
@@ -65,6 +79,11 @@ class Report:
     offenders: tuple[Offender, ...]
     worst: tuple[WorstScope, ...]  # at most one per kind, requests first
     sources: Mapping[str, str] = field(default_factory=dict)  # what was read, for the header
+    services: tuple[str, ...] = ()  # the services the scope spans came from
+    config_errors: Mapping[str, str] = field(default_factory=dict)  # service -> why its budgets file is unusable
+    capped: tuple[str, ...] = ()  # services of which only the newest `trace_limit` traces were read
+    trace_limit: int | None = None
+    violations: int = 0  # budget.exceeded events in every scope read, not only in the rows shown
 
 
 def percentile(values: Sequence[float], p: float) -> float:
@@ -82,22 +101,31 @@ def build_report(
     budgets: BudgetConfig | None = None,
     top: int = 20,
     sources: Mapping[str, str] | None = None,
+    capped: Sequence[str] = (),
+    trace_limit: int | None = None,
 ) -> Report:
-    """Group `spans` by route/task/scope and metric; rank by violations, then p95 against the limit.
+    """Group `spans` by service, route/task/scope and metric; rank by violations, then p95 against the limit.
 
     A metric is listed when it has a limit: from its `budget.exceeded` events, or from `budgets`.
+
+    Args:
+        capped: the services of which only the newest `trace_limit` traces were read.
     """
     spans = list(spans)
-    groups: dict[tuple[str, str, str | None], list[ScopeResult]] = defaultdict(list)
+    groups: dict[_GroupKey, list[ScopeResult]] = defaultdict(list)
     for span in spans:
-        groups[(span.kind, span.name, span.method)].append(span)
+        groups[(span.service, span.kind, span.name, span.method)].append(span)
     offenders = [
         offender
         for key, members in groups.items()
         for offender in _offenders(key, members, budgets)
         if offender.violations or offender.limit is not None
     ]
-    offenders.sort(key=lambda o: (-o.violations, -o.pressure, o.label, o.metric))
+    offenders.sort(key=lambda o: (-o.violations, -o.pressure, o.label, o.service or "", o.metric))
+    config_errors: dict[str, str] = {}
+    for span in spans:
+        if span.config_error:
+            config_errors.setdefault(span.service or UNKNOWN_SERVICE, span.config_error)
     return Report(
         scopes=len(spans),
         traces=len({span.trace_id for span in spans}),
@@ -105,13 +133,16 @@ def build_report(
         offenders=tuple(offenders[:top]),
         worst=_worst(groups),
         sources=dict(sources or {}),
+        services=tuple(sorted({span.service or UNKNOWN_SERVICE for span in spans})),
+        config_errors=config_errors,
+        capped=tuple(capped),
+        trace_limit=trace_limit,
+        violations=sum(len(span.violations) for span in spans),
     )
 
 
-def _offenders(
-    key: tuple[str, str, str | None], members: list[ScopeResult], budgets: BudgetConfig | None
-) -> list[Offender]:
-    kind, name, method = key
+def _offenders(key: _GroupKey, members: list[ScopeResult], budgets: BudgetConfig | None) -> list[Offender]:
+    service, kind, name, method = key
     configured = budgets.rule_for(kind, name, method).limits if budgets is not None else {}
     metrics = sorted({metric for span in members for metric in span.values})
     result = []
@@ -129,6 +160,7 @@ def _offenders(
         result.append(
             Offender(
                 label=members[0].label,
+                service=service,
                 kind=kind,
                 name=name,
                 method=method,
@@ -146,14 +178,15 @@ def _offenders(
     return result
 
 
-def _worst(groups: Mapping[tuple[str, str, str | None], list[ScopeResult]]) -> tuple[WorstScope, ...]:
+def _worst(groups: Mapping[_GroupKey, list[ScopeResult]]) -> tuple[WorstScope, ...]:
     best: dict[str, WorstScope] = {}
-    for (kind, _, _), members in groups.items():
+    for (service, kind, _, _), members in groups.items():
         over = [span for span in members if span.violations]
         if not over:
             continue
         candidate = WorstScope(
             label=members[0].label,
+            service=service,
             kind=kind,
             runs=len(members),
             over=len(over),
@@ -176,7 +209,7 @@ def trace_url(jaeger_url: str, trace_id: str) -> str:
 
 
 def render_text(report: Report, *, jaeger_url: str) -> str:
-    """A header, the worst request/task/scope, and the offenders table."""
+    """A header, warnings, the worst request/task/scope, and the offenders table."""
     kinds = ", ".join(
         f"{report.scopes_by_kind[kind]} {_KIND_WORDS[kind]}{'s' if report.scopes_by_kind[kind] != 1 else ''}"
         for kind in _KIND_WORDS
@@ -184,12 +217,15 @@ def render_text(report: Report, *, jaeger_url: str) -> str:
     )
     where = "; ".join(f"{key} {value}" for key, value in report.sources.items())
     lines = [f"otel-budget report: {report.scopes} scopes ({kinds or 'none'}) in {report.traces} traces; {where}"]
+    lines += warnings(report)
     if not report.scopes:
         lines.append("No scope spans found (spans with budget.* attributes): is otel-budget installed in the service?")
         return "\n".join(lines) + "\n"
+    several = len(report.services) > 1
     for worst in report.worst:
+        label = f"{worst.label} ({worst.service or UNKNOWN_SERVICE})" if several else worst.label
         lines.append(
-            f"worst {_KIND_WORDS[worst.kind]}: {worst.label}: {worst.over} of {worst.runs} over budget, "
+            f"worst {_KIND_WORDS[worst.kind]}: {label}: {worst.over} of {worst.runs} over budget, "
             f"{worst.violations} budget.exceeded event(s), e.g. {trace_url(jaeger_url, worst.example_trace)}"
         )
     if not report.worst:
@@ -198,19 +234,42 @@ def render_text(report: Report, *, jaeger_url: str) -> str:
     if not report.offenders:
         lines.append("No limits to compare with: pass --budgets FILE to list metrics within budget too.")
         return "\n".join(lines) + "\n"
-    header = ("scope", "metric", "runs", "p50", "p95", "limit", "over", "example trace")
+    return "\n".join(lines + _table(report.offenders, jaeger_url)) + "\n"
+
+
+def warnings(report: Report) -> list[str]:
+    """What the reader must know to trust the numbers: capped reads, services on an unusable budgets file."""
+    lines = []
+    if report.capped:
+        lines.append(
+            f"warning: only the newest {report.trace_limit} traces were read of {', '.join(report.capped)} "
+            "(--limit): older traces in the lookback are not counted; raise --limit or shorten --lookback"
+        )
+    for service, error in sorted(report.config_errors.items()):
+        lines.append(
+            f"warning: service {service} runs on a budgets file it cannot use, so on the built-in defaults: "
+            + error.replace("\n", "; ")
+        )
+    return lines
+
+
+def _table(offenders: Sequence[Offender], jaeger_url: str) -> list[str]:
+    header = ("service", "scope", "metric", "runs", "p50", "p95", "limit", "over", "example trace")
     rows = []
-    for o in report.offenders:
+    for o in offenders:
         limit = number(o.limit) if o.limit is not None else "-"
         example = trace_url(jaeger_url, o.example_traces[0]) if o.example_traces else "-"
-        rows.append((o.label, o.metric, str(o.runs), number(o.p50), number(o.p95), limit, str(o.violations), example))
-    header_line, *row_lines = render_table(header, rows, left_aligned={0, 1, 7})
-    lines.append(header_line)
-    for line, offender in zip(row_lines, report.offenders):
+        rows.append(
+            (o.service or UNKNOWN_SERVICE, o.label, o.metric, str(o.runs), number(o.p50), number(o.p95), limit,
+             str(o.violations), example)
+        )  # fmt: skip
+    header_line, *row_lines = render_table(header, rows, left_aligned={0, 1, 2, 8})
+    lines = [header_line]
+    for line, offender in zip(row_lines, offenders):
         lines.append(line)
         if offender.statement:
             lines.append(f"    statement: {offender.statement}")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def render_json(report: Report, *, jaeger_url: str) -> str:
@@ -219,4 +278,5 @@ def render_json(report: Report, *, jaeger_url: str) -> str:
         offender["example_traces"] = [trace_url(jaeger_url, t) for t in offender["example_traces"]]
     for worst in data["worst"]:
         worst["example_trace"] = trace_url(jaeger_url, worst["example_trace"])
+    data["warnings"] = warnings(report)
     return json.dumps(data, indent=2) + "\n"

@@ -50,14 +50,17 @@ def _apply(checked: Mapping[str, float]) -> bool:
 def budget(limits: Mapping[str, float] | None = None, /, **keyword_limits: float) -> Callable[[F], F]:
     """Decorate a Django view (sync or async) or a Celery task function with its own budgets.
 
-    The limits are checked when the module is imported and win over the budgets file.
+    The limits are checked when the module is imported and win over the budgets file. On a Celery
+    task, `@budget` goes below `@shared_task` / `@app.task`, directly on the function.
 
     Raises:
         ConfigError: an unknown metric or a bad value.
+        TypeError: (when decorating) `@budget` is above a Celery task decorator.
     """
     checked = validate_limits({**(limits or {}), **keyword_limits}, source="@budget")
 
     def decorate(func: F) -> F:
+        _refuse_celery_task(func)
         if inspect.iscoroutinefunction(func):
 
             @functools.wraps(func)
@@ -75,6 +78,22 @@ def budget(limits: Mapping[str, float] | None = None, /, **keyword_limits: float
         return cast(F, wrapper)
 
     return decorate
+
+
+def _refuse_celery_task(func: object) -> None:
+    """`@budget` above `@shared_task`/`@app.task` would hide the task's `delay`/`apply` behind a function.
+
+    Celery's task objects and lazy task proxies are recognised by their classes (`celery.*`), without
+    touching attributes (which would evaluate a proxy and finalize the app at import time).
+    """
+    if not any(cls.__module__.split(".")[0] == "celery" for cls in type(func).__mro__):
+        return
+    name = getattr(type(func), "__name__", "task")
+    raise TypeError(
+        f"@budget(...) was applied to a Celery task ({name}), not to its function: put @budget below "
+        "@shared_task / @app.task, directly on the function:\n"
+        "    @shared_task\n    @budget(db_queries=3)\n    def my_task(): ..."
+    )
 
 
 @contextlib.contextmanager

@@ -15,13 +15,16 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from otel_budget import names, spanformat
 from otel_budget.results import ScopeResult
 
 __all__ = [
+    "JaegerRead",
     "SourceError",
+    "UnknownServiceError",
     "parse_lookback",
     "read_jaeger",
     "read_otlp_json",
@@ -38,6 +41,19 @@ Progress = Callable[[str], None]
 
 class SourceError(Exception):
     """Spans could not be read: the backend is unreachable or the file is not OTLP/JSON."""
+
+
+class UnknownServiceError(SourceError):
+    """A service asked for is not among those Jaeger knows."""
+
+
+@dataclass(frozen=True)
+class JaegerRead:
+    """What `read_jaeger` read: the scope spans, the services, and those of which `limit` traces came back."""
+
+    spans: list[ScopeResult]
+    services: list[str]
+    capped: list[str]  # services whose answer held `limit` traces: older ones in the lookback were not read
 
 
 def parse_lookback(text: str) -> int:
@@ -61,19 +77,26 @@ def read_jaeger(
     limit: int = 500,
     progress: Progress | None = None,
     timeout: float = 30.0,
-) -> tuple[list[ScopeResult], list[str]]:
+) -> JaegerRead:
     """Scope spans of the traces Jaeger has for `services` (default: every service it knows).
 
-    Returns the spans and the services read.
-
     Raises:
+        UnknownServiceError: a service in `services` is not one Jaeger knows.
         SourceError: Jaeger cannot be reached or answers with an error.
     """
     base = url.rstrip("/")
     say = progress or (lambda message: None)
     if not services:
         say(f"jaeger: listing services at {base}/api/services")
-        services = sorted(_get_json(f"{base}/api/services", timeout).get("data") or [])
+    known = sorted(_get_json(f"{base}/api/services", timeout).get("data") or [])
+    unknown = [service for service in services if service not in known]
+    if unknown:
+        raise UnknownServiceError(
+            f"no such service in Jaeger: {', '.join(unknown)} (known: {', '.join(known) or 'none'}; "
+            "a service appears once it has sent a trace, under its OTEL_SERVICE_NAME)"
+        )
+    services = list(services) or known
+    capped: list[str] = []
     end_us = int(time.time() * 1e6)
     seen: set[tuple[int, int]] = set()
     spans: list[ScopeResult] = []
@@ -89,6 +112,8 @@ def read_jaeger(
             }
         )
         traces = _get_json(f"{base}/api/traces?{query}", timeout).get("data") or []
+        if len(traces) >= limit:
+            capped.append(service)
         found = 0
         for scope in scope_spans_from_jaeger(traces):
             key = (scope.trace_id, scope.span_id)
@@ -97,7 +122,7 @@ def read_jaeger(
                 spans.append(scope)
                 found += 1
         say(f"jaeger: {service}: {len(traces)} trace(s), {found} new scope span(s) ({time.monotonic() - started:.1f}s)")
-    return spans, list(services)
+    return JaegerRead(spans, list(services), capped)
 
 
 def scope_spans_from_jaeger(traces: Iterable[Mapping[str, Any]]) -> Iterator[ScopeResult]:
@@ -135,7 +160,10 @@ def _get_json(url: str, timeout: float) -> dict[str, Any]:
         raise SourceError(f"{url}: HTTP {exc.code} {exc.reason}: {detail}") from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise SourceError(f"cannot reach Jaeger at {url}: {reason} (is it running? `make stack` starts it)") from None
+        raise SourceError(
+            f"cannot reach Jaeger at {url}: {reason} (tried Jaeger's query API, the UI's address, "
+            "usually port 16686; pass another with --jaeger URL, e.g. --jaeger http://jaeger.internal:16686)"
+        ) from None
     try:
         data = json.loads(body)
     except ValueError:

@@ -71,7 +71,7 @@ def test_panels_cover_the_brief(dashboard: dict[str, Any]) -> None:
     exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
     assert any("budget_violations_total" in e and "$__rate_interval" in e for e in exprs)
     assert any(e.startswith("topk(") for e in exprs)
-    for histogram in ("budget_db_queries_bucket", "budget_db_duration_ms_milliseconds_bucket", "budget_memory_growth_mb_MiB_bucket"):
+    for histogram in ("budget_db_queries_bucket", "budget_db_duration_milliseconds_bucket", "budget_memory_growth_MiB_bucket"):
         quantiles = {q for e in exprs if histogram in e for q in re.findall(r"histogram_quantile\((0\.\d+)", e)}
         assert {"0.95"} <= quantiles, histogram
     assert {"0.5", "0.95"} <= {q for e in exprs if "budget_db_queries_bucket" in e for q in re.findall(r"histogram_quantile\((0\.\d+)", e)}

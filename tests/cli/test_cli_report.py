@@ -6,7 +6,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from cli_support import run_cli
+import pytest
+from cli_support import emit_workload, make_provider, otlp_json, run_cli
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 
 def report_json(*args: str) -> dict[str, Any]:
@@ -92,8 +94,8 @@ def test_text_output(workload_json: Path) -> None:
     assert lines[1].startswith("worst request: GET orders/<int:pk>/: 3 of 5 over budget, 5 budget.exceeded event(s), "
                                "e.g. http://jaeger.example:16686/trace/")  # fmt: skip
     assert lines[2].startswith("worst task: task shop.tasks.rebuild: 2 of 4 over budget, 2 budget.exceeded event(s)")
-    assert lines[5].split() == ["scope", "metric", "runs", "p50", "p95", "limit", "over", "example", "trace"]
-    assert lines[6].split()[:8] == ["GET", "orders/<int:pk>/", "db.repeated_queries", "5", "6", "10", "5", "3"]
+    assert lines[5].split() == ["service", "scope", "metric", "runs", "p50", "p95", "limit", "over", "example", "trace"]
+    assert lines[6].split()[:9] == ["shop", "GET", "orders/<int:pk>/", "db.repeated_queries", "5", "6", "10", "5", "3"]
     assert lines[7] == "    statement: SELECT * FROM shop_customer WHERE id = ?"
     assert result.stderr == f"reading {workload_json}\n"
 
@@ -116,13 +118,26 @@ def test_not_otlp_json(tmp_path: Path) -> None:
 
 
 def test_unreachable_jaeger() -> None:
-    """A Jaeger that is not there: exit 1 and how to start it."""
+    """A Jaeger that is not there: exit 1, the URL tried and how to pass another."""
     result = run_cli("report", "--jaeger", "http://127.0.0.1:9", "-q")
     assert result.returncode == 1
     assert result.stderr == (
         "error: cannot reach Jaeger at http://127.0.0.1:9/api/services: [Errno 111] Connection refused "
-        "(is it running? `make stack` starts it)\n"
+        "(tried Jaeger's query API, the UI's address, usually port 16686; pass another with --jaeger URL, "
+        "e.g. --jaeger http://jaeger.internal:16686)\n"
     )
+
+
+def test_jaeger_without_a_scheme_means_http() -> None:
+    """`--jaeger host:port` is read as http://host:port, for the query and the trace links."""
+    result = run_cli("report", "--jaeger", "127.0.0.1:9", "-q")
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: cannot reach Jaeger at http://127.0.0.1:9/api/services: [Errno 111]")
+
+
+def test_trace_links_without_a_scheme(workload_json: Path) -> None:
+    data = report_json("--otlp-json", str(workload_json), "--jaeger", "jaeger.example:16686")
+    assert data["worst"][0]["example_trace"].startswith("http://jaeger.example:16686/trace/")
 
 
 def test_bad_lookback() -> None:
@@ -133,3 +148,72 @@ def test_bad_lookback() -> None:
         "otel-budget report: error: argument --lookback: invalid lookback 'an hour': "
         "use a number and a unit s, m, h, d or w, e.g. 30m, 1h, 2d\n"
     )
+
+
+def otlp_scope_span(service: str, attributes: dict[str, Any], trace_id: str = "ab" * 16) -> dict[str, Any]:
+    """One OTLP/JSON request holding one HTTP scope span of `service` with `attributes`."""
+    attrs = {"http.route": "books/", "http.request.method": "GET", **attributes}
+    values = [
+        {"key": key, "value": {"intValue": str(value)} if isinstance(value, int) else {"stringValue": value}}
+        for key, value in attrs.items()
+    ]
+    span = {"traceId": trace_id, "spanId": "cd" * 8, "name": "GET books/", "kind": 2, "attributes": values}
+    resource = {"attributes": [{"key": "service.name", "value": {"stringValue": service}}]}
+    return {"resourceSpans": [{"resource": resource, "scopeSpans": [{"spans": [span]}]}]}
+
+
+@pytest.fixture
+def two_services(tmp_path: Path) -> Path:
+    """The same workload from two services, which share every route and task."""
+    lines = []
+    for service in ("shop", "shop-copy"):
+        exporter = InMemorySpanExporter()
+        provider = make_provider(service, exporter)
+        emit_workload(provider, t0=1_700_000_000_000_000_000)
+        provider.shutdown()
+        lines.append(json.dumps(otlp_json(exporter.get_finished_spans())))
+    path = tmp_path / "two.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_rows_per_service(two_services: Path) -> None:
+    """Two services' rows for a shared route stay apart, each with its service and its own runs."""
+    data = report_json("--otlp-json", str(two_services))
+    rows = [(r["service"], r["runs"], r["violations"]) for r in data["offenders"] if r["metric"] == "db.repeated_queries"]
+    assert rows == [("shop", 5, 3), ("shop-copy", 5, 3)]
+    assert data["services"] == ["shop", "shop-copy"]
+    assert {w["service"] for w in data["worst"]} <= {"shop", "shop-copy"}
+
+
+def test_text_has_a_service_column(two_services: Path) -> None:
+    result = run_cli("report", "--otlp-json", str(two_services), "-q")
+    table = result.stdout.splitlines()
+    rows = [line.split()[:4] for line in table if "db.repeated_queries" in line]
+    assert rows == [
+        ["shop", "GET", "orders/<int:pk>/", "db.repeated_queries"],
+        ["shop-copy", "GET", "orders/<int:pk>/", "db.repeated_queries"],
+    ]
+    assert table[1].startswith("worst request: GET orders/<int:pk>/ (shop): 3 of 5 over budget")
+
+
+def test_fail_on_violation(workload_json: Path, tmp_path: Path) -> None:
+    """--fail-on-violation: exit 1 when a budget.exceeded event was read, 0 when none was; 0 without it."""
+    assert run_cli("report", "--otlp-json", str(workload_json), "-q").returncode == 0
+    assert run_cli("report", "--otlp-json", str(workload_json), "-q", "--fail-on-violation").returncode == 1
+    clean = tmp_path / "clean.json"
+    clean.write_text(json.dumps(otlp_scope_span("shop", {"budget.violations": 0, "budget.db.queries": 1})))
+    result = run_cli("report", "--otlp-json", str(clean), "-q", "--fail-on-violation")
+    assert (result.returncode, result.stderr) == (0, "")
+
+
+def test_service_on_a_broken_budgets_file_is_flagged(tmp_path: Path) -> None:
+    """A service whose spans carry budget.config_error gets a warning in text and JSON."""
+    error = "budgets.toml: http.db.querys: unknown metric; did you mean 'db.queries'?"
+    path = tmp_path / "broken.json"
+    path.write_text(json.dumps(otlp_scope_span("shop", {"budget.violations": 0, "budget.config_error": error})))
+    warning = f"warning: service shop runs on a budgets file it cannot use, so on the built-in defaults: {error}"
+    text = run_cli("report", "--otlp-json", str(path), "-q").stdout.splitlines()
+    assert text[1] == warning
+    data = report_json("--otlp-json", str(path))
+    assert (data["config_errors"], data["warnings"]) == ({"shop": error}, [warning])

@@ -91,3 +91,30 @@ def test_every_service_by_default(service: str) -> None:
     assert service in data["sources"]["services"].split(", ")
     assert data["scopes"] >= SCOPES
     assert result.stderr.startswith(f"jaeger: listing services at {JAEGER}/api/services\n")
+
+
+def test_trace_cap_is_a_warning(service: str) -> None:
+    """A service that hit --limit is named in a warning: the report did not see the whole lookback."""
+    result = run_cli("report", "--service", service, "--limit", "5", "-q")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[1] == (
+        f"warning: only the newest 5 traces were read of {service} (--limit): older traces in the lookback "
+        "are not counted; raise --limit or shorten --lookback"
+    )
+    data = json.loads(run_cli("report", "--service", service, "--format", "json", "-q").stdout)
+    assert (data["capped"], data["warnings"]) == ([], [])
+
+
+def test_no_such_service(service: str) -> None:
+    """A service Jaeger does not know: exit 2 and the services it does know."""
+    result = run_cli("report", "--service", "nosuch", "-q")
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr.startswith("error: no such service in Jaeger: nosuch (known: ")
+    assert service in result.stderr
+
+
+def test_fail_on_violation_from_jaeger(service: str) -> None:
+    """--fail-on-violation gates on what Jaeger holds: the workload has budget.exceeded events."""
+    result = run_cli("report", "--service", service, "--fail-on-violation", "-q")
+    assert result.returncode == 1, result.stderr
+    assert result.stdout.startswith("otel-budget report: 16 scopes")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -27,6 +28,7 @@ def test_n_plus_one_fails_with_the_statement(project: pytest.Pytester) -> None:
             "  db.repeated_queries: 6 > limit 3  [rule http]",
             '    repeated 6 times: SELECT "books_author"."id", "books_author"."name" FROM "books_author" '
             'WHERE "books_author"."id" = ? LIMIT ?',
+            "    limit from budgets.toml: [http]",
             "Fix the code, or raise the limit for this test: @pytest.mark.budget(db_repeated_queries=6)",
         ],
         consecutive=False,
@@ -104,7 +106,11 @@ def test_environment_variable_activates(project: pytest.Pytester, monkeypatch: p
     result = run(project, "test_shop.py::test_book_list")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
-        ["otel-budget: budgets from budgets.toml; own TracerProvider (no exporter)", "GET books/  (trace *)"]
+        [
+            "otel-budget: budgets from budgets.toml; own TracerProvider (no exporter)",
+            "otel-budget: instrumentations switched on: celery, django, *psycopg2, pymongo, *",
+            "GET books/  (trace *)",
+        ]
     )
 
 
@@ -122,7 +128,8 @@ def test_reuses_configured_tracer_provider(project: pytest.Pytester, monkeypatch
     # As in production: the distro's Django instrumentation reads the settings at start-up.
     for name, value in {
         "DJANGO_SETTINGS_MODULE": "testproj.settings",
-        "PYTHONPATH": str(project.path),
+        # The project, then whatever the runner had (a source tree tested without installing it).
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(project.path), os.environ.get("PYTHONPATH")])),
         "OTEL_TRACES_EXPORTER": "none",
         "OTEL_METRICS_EXPORTER": "none",
         "OTEL_LOGS_EXPORTER": "none",

@@ -40,7 +40,7 @@ def test_violation_counter_and_histograms() -> None:
     assert (queries.count, queries.sum) == (3, 6)
     assert dict(queries.attributes) == {"http.route": "orders/", "http.request.method": "GET"}
     assert metrics["budget.db.postgresql.queries"][0].sum == 6
-    assert {"budget.duration_ms", "budget.memory.growth_mb", "budget.cpu_ms"} <= set(metrics)
+    assert {"budget.duration", "budget.memory.growth", "budget.cpu"} <= set(metrics)
 
 
 def test_task_histograms_by_task_name() -> None:
@@ -53,3 +53,49 @@ def test_task_histograms_by_task_name() -> None:
         tracing.db("SELECT 1")
     (point,) = collect(reader)["budget.db.queries"]
     assert dict(point.attributes) == {"celery.task_name": "shop.tasks.t"}
+
+
+def test_histogram_buckets_fit_counts_mib_and_ms() -> None:
+    """Counts get a bucket per value up to 20, MiB start at 10 KiB, ms reach minutes (not the SDK default)."""
+    reader = InMemoryMetricReader()
+    tracing = make_tracing(record_metrics=True, meter_provider=MeterProvider([reader]))
+    with tracing.request(route="books/"):
+        for i in range(18):
+            tracing.db(f"SELECT {i}")
+    metrics = collect(reader)
+    (queries,) = metrics["budget.db.queries"]
+    bounds = list(queries.explicit_bounds)
+    assert bounds[:21] == list(range(21)) and bounds[-1] == 5000
+    assert queries.bucket_counts[bounds.index(18)] == 1  # the (17, 18] bucket: a quantile reads 17-18
+    (growth,) = metrics["budget.memory.growth"]
+    assert list(growth.explicit_bounds)[:3] == [0, 0.01, 0.025]
+    (duration,) = metrics["budget.duration"]
+    assert list(duration.explicit_bounds)[-3:] == [30000, 60000, 300000]
+
+
+def test_an_application_view_wins_over_the_advice() -> None:
+    """A View with its own aggregation replaces the advised boundaries."""
+    from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
+
+    reader = InMemoryMetricReader()
+    view = View(instrument_name="budget.db.queries", aggregation=ExplicitBucketHistogramAggregation((0, 100)))
+    tracing = make_tracing(record_metrics=True, meter_provider=MeterProvider([reader], views=[view]))
+    with tracing.request(route="books/"):
+        tracing.db("SELECT 1")
+    (queries,) = collect(reader)["budget.db.queries"]
+    assert list(queries.explicit_bounds) == [0, 100]
+
+
+def test_instrument_names_leave_the_unit_to_the_unit() -> None:
+    """`duration_ms` is the instrument `budget.duration` with unit `ms`: Prometheus names it
+    `budget_duration_milliseconds`, with the unit once."""
+    reader = InMemoryMetricReader()
+    tracing = make_tracing(record_metrics=True, meter_provider=MeterProvider([reader]))
+    with tracing.request(route="books/"):
+        tracing.db("SELECT 1")
+    data = reader.get_metrics_data()
+    assert data is not None
+    units = {m.name: m.unit for r in data.resource_metrics for s in r.scope_metrics for m in s.metrics}
+    assert (units["budget.duration"], units["budget.db.duration"], units["budget.db.postgresql.duration"]) == ("ms", "ms", "ms")
+    assert (units["budget.memory.growth"], units["budget.db.queries"]) == ("MiB", "{query}")
+    assert not any(name.endswith(("_ms", "_mb")) for name in units)

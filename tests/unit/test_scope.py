@@ -115,3 +115,38 @@ def test_nested_budget_scope_adds_to_outer(tracing: Tracing) -> None:
             tracing.db("SELECT 3")
     assert tracing.span("chunk").attributes["budget.db.queries"] == 2
     assert tracing.span("GET items/").attributes["budget.db.queries"] == 3
+
+
+def test_budget_above_a_celery_task_is_refused_at_decoration() -> None:
+    """@budget above @app.task or @shared_task raises a TypeError that names the fix."""
+    from celery import Celery, shared_task
+
+    app = Celery("budget-order", broker="memory://", set_as_current=False)
+
+    def body() -> int:
+        return 3
+
+    for task in (app.task(name="t.eager")(body), shared_task(name="t.shared")(body)):
+        with pytest.raises(TypeError, match=r"put @budget below @shared_task / @app.task, directly on the function"):
+            budget(db_queries=3)(task)
+
+
+def test_budget_below_a_celery_task_keeps_the_task() -> None:
+    """@budget below @app.task: the task keeps its name, `apply` and result, and the limit applies."""
+    from celery import Celery
+
+    app = Celery("budget-order", broker="memory://", set_as_current=False)
+    app.conf.task_always_eager = True
+
+    @app.task
+    @budget(db_queries=0)
+    def reprice(x: int) -> int:
+        return x + 1
+
+    assert reprice.name == f"{__name__}.reprice"
+    assert reprice.apply(args=(2,)).get() == 3
+    tracing = make_tracing()
+    with tracing.tracer.start_as_current_span("run/t", kind=SpanKind.CONSUMER):
+        reprice.apply(args=(1,))
+        tracing.db("SELECT 1")
+    assert tracing.events("run/t")["db.queries"]["budget.rule"] == "code"
