@@ -118,6 +118,8 @@ class ShopProcesses:
         partner_port: the fake partner API's port.
         bsp_delay_ms: OTEL_BSP_SCHEDULE_DELAY of both apps (how long spans wait before export).
         extra_env: more environment for both apps.
+        instance: names this shop's pid and log files (`shop-<instance>-web.pid`), so that starting or
+            stopping it leaves the default shop alone; give it other ports and a broker of its own too.
     """
 
     port: int = 8000
@@ -130,6 +132,7 @@ class ShopProcesses:
     web_service: str = "shop"
     worker_service: str = "shop-worker"
     extra_env: Mapping[str, str] = field(default_factory=dict)
+    instance: str = ""  # a second shop beside the default one: its own pid and log files (and ports, broker)
 
     @property
     def url(self) -> str:
@@ -166,13 +169,13 @@ class ShopProcesses:
         bin_dir = Path(sys.executable).parent
         instrument = str(bin_dir / "opentelemetry-instrument")
         partner = ShopProcess(
-            "partner",
+            self._named("partner"),
             (sys.executable, str(SHOP_DIR / "fake_partner.py"), "--port", str(self.partner_port)),
             dict(os.environ),
             self.partner_port,
         )
         web = ShopProcess(
-            "web",
+            self._named("web"),
             (
                 instrument, str(bin_dir / "gunicorn"), "shop.wsgi",
                 "--bind", f"{HOST}:{self.port}",
@@ -184,16 +187,19 @@ class ShopProcesses:
             self.port,
         )
         worker = ShopProcess(
-            "worker",
+            self._named("worker"),
             (
                 instrument, str(bin_dir / "celery"), "-A", "shop", "worker",
                 "--pool", "prefork", "--concurrency", str(self.worker_concurrency),
-                "--loglevel", "INFO", "--hostname", "shop@%h",
+                "--loglevel", "INFO", "--hostname", f"{self._named('shop')}@%h",
                 "--without-gossip", "--without-mingle", "--without-heartbeat",
             ),  # fmt: skip
             self.app_env(self.worker_service),
         )
         return [partner, web, worker]
+
+    def _named(self, name: str) -> str:
+        return f"{self.instance}-{name}" if self.instance else name
 
     def start(self, timeout: float = 60.0) -> None:
         """Start all three (restarting any this runner left running) and wait until they answer.
@@ -240,9 +246,9 @@ class ShopProcesses:
             time.sleep(0.2)
 
     def _healthy(self, process: ShopProcess, log_offset: int) -> bool:
-        if process.name == "partner":
+        if process.name == self._named("partner"):
             return _http_ok(f"{self.partner_url}/healthz")
-        if process.name == "web":
+        if process.name == self._named("web"):
             return _http_ok(f"{self.url}/healthz/")
         # The worker says "celery@... ready." once its pool is up.
         try:

@@ -28,7 +28,10 @@ _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 @pytest.fixture(scope="module")
 def sampled_shop(stack_services: None, shop_database: None) -> Iterator[tuple[ShopClient, str]]:
     service = f"shop-sampling-{os.getpid()}"
-    processes = ShopProcesses(
+    processes = ShopProcesses(  # beside the e2e session's shop: its own ports, pid files and broker
+        port=8004,
+        partner_port=8014,
+        instance="sampling",
         bsp_delay_ms=200,
         metric_export_interval_ms=1000,
         web_service=service,
@@ -36,6 +39,8 @@ def sampled_shop(stack_services: None, shop_database: None) -> Iterator[tuple[Sh
         extra_env={
             "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
             "OTEL_TRACES_SAMPLER_ARG": "0.1",
+            "CELERY_BROKER_URL": "redis://127.0.0.1:6379/11",
+            "CELERY_RESULT_BACKEND": "redis://127.0.0.1:6379/12",
             "PYTHONPATH": f"{SHOP_DIR}{os.pathsep}{SRC}",
         },
     )
