@@ -71,6 +71,11 @@ def pick(names: list[str], scaled: bool = False) -> list[Service]:
     return topology(scaled)
 
 
+def other_collectors(names: list[str], scaled: bool) -> list[Service]:
+    """What a whole topology replaces (`up` stops the gateways too); nothing for named services."""
+    return [] if names else [BY_NAME["collector"]] if scaled else SCALED_COLLECTORS
+
+
 def swap_out(services: list[Service], also: list[Service]) -> None:
     """Stop the running services (ours) that `services` replace: those holding a port one of them
     needs (the collector and the agent share theirs), and those of `also`."""
@@ -161,8 +166,7 @@ def cmd_up(names: list[str], scaled: bool = False) -> int:
     run = UpRun()
     with stack_lock():
         ensure_built([s.name for s in services])
-        # a whole topology replaces the other one's collectors (`up` stops the gateways)
-        swap_out(services, [] if names else [BY_NAME["collector"]] if scaled else SCALED_COLLECTORS)
+        swap_out(services, other_collectors(names, scaled))
         for s in services:
             bring_up(s, run)
         settle(run)
