@@ -165,7 +165,7 @@ def cmd_up(names: list[str], scaled: bool = False) -> int:
     log(f"stack dir {STACK_DIR}, logs in {LOG_DIR}, binary cache {BIN_DIR}")
     run = UpRun()
     with stack_lock():
-        ensure_built([s.name for s in services])
+        ensure_built([n for s in services for n in s.needs()])
         swap_out(services, other_collectors(names, scaled))
         for s in services:
             bring_up(s, run)
@@ -238,7 +238,7 @@ def cmd_status(names: list[str], scaled: bool = False) -> int:
 def cmd_build(names: list[str], scaled: bool = False) -> int:
     """Install the packages and build the binaries only."""
     t = time.monotonic()
-    ensure_built([s.name for s in pick(names, scaled)])
+    ensure_built([n for s in pick(names, scaled) for n in s.needs()])
     for b in GO_BINARIES:
         if b.service:
             log(f"{'ok ' if os.path.exists(b.path) else 'missing'} {b.path}")

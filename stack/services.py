@@ -79,6 +79,10 @@ class Service:
         """The argv that runs the service."""
         raise NotImplementedError
 
+    def needs(self) -> list[str]:
+        """What `ensure_built` installs or builds for it: a service name of the build and package tables."""
+        return [self.name]
+
     def prepare(self) -> None:
         """Create directories / render configs before start."""
 
@@ -333,6 +337,9 @@ class Collector(Service):
     config = COLLECTOR_CONFIG
     telemetry_name = "otelcol-budget"  # the builder's dist name, the default `service.name`
 
+    def needs(self) -> list[str]:
+        return ["collector"]  # the agent runs the same binary
+
     def command(self) -> list[str]:
         return [collector_bin(), f"--config={self.config}"]
 
@@ -380,6 +387,9 @@ class Gateway(Service):
     def env(self) -> dict[str, str]:
         """The variables gateway.yaml reads its ports from."""
         return {"GATEWAY_OTLP_PORT": str(self.ports[0]), "GATEWAY_METRICS_PORT": str(self.ports[1])}
+
+    def needs(self) -> list[str]:
+        return ["collector"]
 
     def command(self) -> list[str]:
         return [collector_bin(), f"--config={GATEWAY_CONFIG}"]

@@ -70,3 +70,9 @@ def test_up_swaps_out_what_the_services_replace(monkeypatch: pytest.MonkeyPatch,
         monkeypatch.setattr(s, "stop", lambda s=s: done.append(s.name) or "stopped")
     commands.swap_out(commands.pick(names, scaled), commands.other_collectors(names, scaled))
     assert done == stopped
+
+
+def test_the_agent_and_the_gateways_need_the_collector_built() -> None:
+    """`up agent` on a fresh machine builds the collector binary they run."""
+    assert {n for s in services.SCALED_COLLECTORS for n in s.needs()} == {"collector"}
+    assert services.BY_NAME["postgres"].needs() == ["postgres"]
