@@ -95,6 +95,9 @@ def run(scaled_stack: None) -> tuple[str, SentTraces, dict[int, int], tuple[int,
     must_keep = len(sent.ids("over_budget", "error", "slow"))
     held = wait_for_jaeger(service, at_least=must_keep, timeout=60)  # decision_wait is 10 s
     accepted = accepted_spans(8890) - before[0], accepted_spans(8891) - before[1]
+    kept = {kind: f"{len(ids & held.keys())}/{len(ids)}" for kind, ids in sent.by_kind.items()}
+    print(f"kept in Jaeger {kept}; spans per gateway {accepted}; "
+          f"plain interval {binomial_interval(len(sent.ids('plain')), probabilistic_share(), tail=0.0005)}")
     return service, sent, held, accepted
 
 
