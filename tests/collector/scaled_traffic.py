@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
+import pytest
+import stack
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
@@ -21,7 +24,23 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from otel_budget.names import EVENT_ACTUAL, EVENT_EXCEEDED, EVENT_LIMIT, EVENT_METRIC, EVENT_RULE
 
 SPANS_PER_TRACE = 4  # the root SERVER span and three children
+SCALED = ["gateway1", "gateway2", "agent"]
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+@contextlib.contextmanager
+def scaled_topology() -> Iterator[None]:
+    """The agent and both gateways in place of the shared stack's collector; the collector back afterwards."""
+    for name in ("jaeger", "collector"):
+        reason = stack.BY_NAME[name].health()
+        if reason is not None:
+            pytest.fail(f"{name} is not healthy ({reason}); start the stack: make stack", pytrace=False)
+    try:
+        assert stack.main(["up", *SCALED]) == 0, "python3 stack/stack.py up gateway1 gateway2 agent failed"
+        yield
+    finally:
+        assert stack.main(["up", "collector"]) == 0
+        assert stack.main(["down", "gateway1", "gateway2"]) == 0
 
 
 class RecordingExporter(SpanExporter):

@@ -17,9 +17,8 @@ from typing import Any
 import pytest
 import stack
 from opentelemetry.sdk.trace.export import SpanExportResult
-from scaled_traffic import SPANS_PER_TRACE, counted_violations, jaeger_span_counts, send_traces
+from scaled_traffic import SPANS_PER_TRACE, counted_violations, jaeger_span_counts, scaled_topology, send_traces
 
-SCALED = ["gateway1", "gateway2", "agent"]
 TRACES, KILL_AT, PACE = 300, 150, 0.02  # 300 traces over ~6 s, gateway2 SIGKILLed before trace 150
 DECISION_WAIT = 10.0  # gateway.yaml
 FIGURES = Path(os.environ.get("OTEL_BUDGET_STACK_DIR", "/tmp/otel-budget-stack")) / "gateway-outage.json"
@@ -28,16 +27,8 @@ FIGURES = Path(os.environ.get("OTEL_BUDGET_STACK_DIR", "/tmp/otel-budget-stack")
 @pytest.fixture(scope="module")
 def outage() -> Iterator[dict[str, Any]]:
     """Traffic through agent + 2 gateways, gateway2 killed mid-run, then restarted; the figures."""
-    for name in ("jaeger", "collector"):
-        reason = stack.BY_NAME[name].health()
-        if reason is not None:
-            pytest.fail(f"{name} is not healthy ({reason}); start the stack: make stack", pytrace=False)
-    try:
-        assert stack.main(["up", *SCALED]) == 0
+    with scaled_topology():
         yield run_outage(f"gateway-outage-{uuid.uuid4().hex[:8]}")
-    finally:
-        assert stack.main(["up", "collector"]) == 0
-        assert stack.main(["down", "gateway1", "gateway2"]) == 0
 
 
 def run_outage(service: str) -> dict[str, Any]:

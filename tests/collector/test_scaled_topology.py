@@ -22,13 +22,13 @@ from scaled_traffic import (
     accepted_spans,
     binomial_interval,
     counted_violations,
+    scaled_topology,
     send_traces,
     wait_for_jaeger,
 )
 
 CONFIGS = Path(__file__).resolve().parents[2] / "collector-config"
 GATEWAY_ENV = {"GATEWAY_OTLP_PORT": "4417", "GATEWAY_METRICS_PORT": "8890"}
-SCALED = ["gateway1", "gateway2", "agent"]
 
 
 def load(name: str) -> Any:
@@ -73,17 +73,8 @@ def probabilistic_share() -> float:
 
 @pytest.fixture(scope="module")
 def scaled_stack() -> Iterator[None]:
-    """The agent and both gateways in place of the collector; the collector back afterwards."""
-    for name in ("jaeger", "collector"):
-        reason = stack.BY_NAME[name].health()
-        if reason is not None:
-            pytest.fail(f"{name} is not healthy ({reason}); start the stack: make stack", pytrace=False)
-    try:
-        assert stack.main(["up", *SCALED]) == 0, "python3 stack/stack.py up gateway1 gateway2 agent failed"
+    with scaled_topology():
         yield
-    finally:
-        assert stack.main(["up", "collector"]) == 0
-        assert stack.main(["down", "gateway1", "gateway2"]) == 0
 
 
 @pytest.fixture(scope="module")
