@@ -6,6 +6,9 @@ OpenTelemetry Collector and Prometheus, all on 127.0.0.1.
     python3 stack/stack.py status            table of service / address / state / pid / log
     python3 stack/stack.py build             install packages and build binaries only
     python3 stack/stack.py validate-config   check the collector (and Prometheus) configuration
+    --scaled   the scaled topology: agent + 2 tail-sampling gateways instead of the collector;
+               `up --scaled` swaps them in, `up` swaps the collector back, `down --scaled`
+               stops the agent and the gateways only
 
 Standard library only, so the system python3 runs it. Environment:
     OTEL_BUDGET_STACK_DIR  state, data, logs, pid files   (default /tmp/otel-budget-stack)
@@ -27,8 +30,18 @@ from dataclasses import dataclass, field
 from .builds import GO_BINARIES, ensure_built
 from .processes import listener_pid, pid_alive, pid_cmdline, port_open
 from .progress import StackError, fmt_secs, log
-from .services import BY_NAME, SERVICES, Prometheus, Service, render_prometheus_config, validate_collector_config
-from .settings import BIN_DIR, COLLECTOR_CONFIG, LOG_DIR, STACK_DIR
+from .services import (
+    BY_NAME,
+    GATEWAYS,
+    SCALED_COLLECTORS,
+    SCALED_SERVICES,
+    SERVICES,
+    Prometheus,
+    Service,
+    render_prometheus_config,
+    validate_collector_config,
+)
+from .settings import AGENT_CONFIG, BIN_DIR, COLLECTOR_CONFIG, GATEWAY_CONFIG, LOG_DIR, STACK_DIR
 
 __all__ = ["cmd_build", "cmd_down", "cmd_status", "cmd_up", "cmd_validate", "main"]
 
@@ -43,12 +56,34 @@ def stack_lock() -> Iterator[None]:
         yield
 
 
-def pick(names: list[str]) -> list[Service]:
-    """The services named (all when none), in start order."""
+def topology(scaled: bool) -> list[Service]:
+    """Every service of the default (single collector) or the scaled topology, in start order."""
+    return SCALED_SERVICES if scaled else SERVICES
+
+
+def pick(names: list[str], scaled: bool = False) -> list[Service]:
+    """The services named (the whole topology when none), in start order."""
     unknown = [n for n in names if n not in BY_NAME]
     if unknown:
         raise StackError(f"unknown service(s) {', '.join(unknown)}; choose from {', '.join(BY_NAME)}")
-    return [s for s in SERVICES if not names or s.name in names]
+    if names:
+        return [s for s in SERVICES + SCALED_COLLECTORS if s.name in names]
+    return topology(scaled)
+
+
+def other_collectors(names: list[str], scaled: bool) -> list[Service]:
+    """What a whole topology replaces (`up` stops the gateways too); nothing for named services."""
+    return [] if names else [BY_NAME["collector"]] if scaled else SCALED_COLLECTORS
+
+
+def swap_out(services: list[Service], also: list[Service]) -> None:
+    """Stop the running services (ours) that `services` replace: those holding a port one of them
+    needs (the collector and the agent share theirs), and those of `also`."""
+    wanted = {s.name for s in services}
+    ports = {p for s in services for p in s.ports}
+    for other in SERVICES + SCALED_COLLECTORS:
+        if other.name not in wanted and (other in also or ports & set(other.ports)) and other.our_pid():
+            log(f"{other.name:<10} swapped out of the topology: {other.stop()}")
 
 
 def open_text(path: str) -> str:
@@ -123,14 +158,15 @@ def settle(run: UpRun) -> None:
             run.errors.append(str(e))
 
 
-def cmd_up(names: list[str]) -> int:
+def cmd_up(names: list[str], scaled: bool = False) -> int:
     """Start what is down (building first if needed), then print the status table."""
-    services = pick(names)
+    services = pick(names, scaled)
     t0 = time.monotonic()
     log(f"stack dir {STACK_DIR}, logs in {LOG_DIR}, binary cache {BIN_DIR}")
     run = UpRun()
     with stack_lock():
-        ensure_built([s.name for s in services])
+        ensure_built([n for s in services for n in s.needs()])
+        swap_out(services, other_collectors(names, scaled))
         for s in services:
             bring_up(s, run)
         settle(run)
@@ -160,9 +196,9 @@ def wait_healthy(s: Service, pid: int) -> str | None:
     return str(s.failure(f"no healthy answer within {s.start_timeout:.0f}s (last check: {reason})"))
 
 
-def cmd_down(names: list[str]) -> int:
-    """Stop what `up` started, in reverse start order."""
-    services = pick(names)
+def cmd_down(names: list[str], scaled: bool = False) -> int:
+    """Stop what `up` started (both topologies; with `scaled`, the agent and gateways), in reverse start order."""
+    services = pick(names) if names else SCALED_COLLECTORS if scaled else SERVICES + SCALED_COLLECTORS
     with stack_lock():
         for s in reversed(services):
             log(f"{s.name:<10} {s.stop()}")
@@ -192,17 +228,17 @@ def print_status(services: list[Service]) -> None:
         print("  ".join(c.ljust(widths[i]) for i, c in enumerate(r[:4])) + "  " + r[4])
 
 
-def cmd_status(names: list[str]) -> int:
+def cmd_status(names: list[str], scaled: bool = False) -> int:
     """Print the status table; 0 only when every service is healthy, else 3."""
-    services = pick(names)
+    services = pick(names, scaled)
     print_status(services)
     return 0 if all(s.health() is None for s in services) else 3
 
 
-def cmd_build(names: list[str]) -> int:
+def cmd_build(names: list[str], scaled: bool = False) -> int:
     """Install the packages and build the binaries only."""
     t = time.monotonic()
-    ensure_built([s.name for s in pick(names)])
+    ensure_built([n for s in pick(names, scaled) for n in s.needs()])
     for b in GO_BINARIES:
         if b.service:
             log(f"{'ok ' if os.path.exists(b.path) else 'missing'} {b.path}")
@@ -210,17 +246,22 @@ def cmd_build(names: list[str]) -> int:
     return 0
 
 
-def cmd_validate(_: list[str]) -> int:
-    """Check the collector's configuration (`validate`) and Prometheus' (`promtool check config`)."""
+def cmd_validate(_: list[str], scaled: bool = False) -> int:
+    """Check the collectors' configurations (`validate`) and Prometheus' (`promtool check config`)."""
     ensure_built(["collector", "prometheus"])
     validate_collector_config()
     log(f"collector config OK: {COLLECTOR_CONFIG}")
+    validate_collector_config(AGENT_CONFIG)
+    log(f"agent config OK: {AGENT_CONFIG}")
+    for gateway in GATEWAYS:
+        validate_collector_config(GATEWAY_CONFIG, gateway.env)
+    log(f"gateway config OK: {GATEWAY_CONFIG}")
     path = render_prometheus_config()
     log(f"prometheus config OK (promtool): {path}")
     return 0
 
 
-COMMANDS: dict[str, Callable[[list[str]], int]] = {
+COMMANDS: dict[str, Callable[[list[str], bool], int]] = {
     "up": cmd_up, "down": cmd_down, "status": cmd_status, "build": cmd_build, "validate-config": cmd_validate,
 }
 
@@ -230,9 +271,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("command", choices=list(COMMANDS))
     ap.add_argument("services", nargs="*", help=f"subset of: {', '.join(BY_NAME)}")
+    ap.add_argument("--scaled", action="store_true",
+                    help="the scaled topology: agent + gateway1 + gateway2 instead of collector (docs/stack.md)")
     args = ap.parse_args(argv)
     try:
-        return COMMANDS[args.command](args.services)
+        return COMMANDS[args.command](args.services, args.scaled)
     except StackError as e:
         print(f"\nERROR: {e}", file=sys.stderr)
         return 1

@@ -1,4 +1,4 @@
-"""The six services of the stack: how each starts, stops, is checked and provisioned."""
+"""The services of the stack (six, or eight in the scaled topology): how each starts, stops, is checked and provisioned."""
 
 from __future__ import annotations
 
@@ -17,8 +17,10 @@ from .builds import binary, collector_bin, sha12
 from .processes import pid_alive, pid_cmdline, pid_starttime, port_open, signal_and_wait
 from .progress import StackError, log, tail
 from .settings import (
+    AGENT_CONFIG,
     ALERTS_FILE,
     COLLECTOR_CONFIG,
+    GATEWAY_CONFIG,
     HOST,
     JAEGER_CONFIG,
     LOG_DIR,
@@ -31,9 +33,14 @@ from .wire import http, mongo_command, redis_command
 
 __all__ = [
     "BY_NAME",
+    "GATEWAYS",
+    "SCALED_COLLECTORS",
+    "SCALED_SERVICES",
     "SERVICES",
+    "Agent",
     "Collector",
     "FerretDB",
+    "Gateway",
     "Jaeger",
     "Postgres",
     "Prometheus",
@@ -71,6 +78,10 @@ class Service:
     def command(self) -> list[str]:
         """The argv that runs the service."""
         raise NotImplementedError
+
+    def needs(self) -> list[str]:
+        """What `ensure_built` installs or builds for it: a service name of the build and package tables."""
+        return [self.name]
 
     def prepare(self) -> None:
         """Create directories / render configs before start."""
@@ -304,20 +315,39 @@ class Jaeger(Service):
         return None
 
 
+def telemetry_health(metrics_port: int, service_name: str) -> str | None:
+    """None when a collector's own telemetry on `metrics_port` answers as `service_name`.
+
+    Each collector config sets its own `service.telemetry.resource` `service.name`, exposed as
+    `target_info`: the default collector, the agent (same ports) and the gateways are told apart.
+    """
+    code, body = http("GET", f"http://127.0.0.1:{metrics_port}/metrics")
+    if code != 200:
+        return f"GET :{metrics_port}/metrics (own telemetry) -> {code}"
+    if f'service_name="{service_name}"'.encode() not in body:
+        return f"the collector on :{metrics_port} is not {service_name} (see target_info in its /metrics)"
+    return None
+
+
 class Collector(Service):
     """The OpenTelemetry Collector built from builder-config.yaml, configured by collector-config/config.yaml."""
 
     name, ports = "collector", (4317, 4318, 8889, 8888)
     address = "OTLP 127.0.0.1:4317/4318, prometheus exporter 127.0.0.1:8889, own metrics :8888"
+    config = COLLECTOR_CONFIG
+    telemetry_name = "otelcol-budget"  # the builder's dist name, the default `service.name`
+
+    def needs(self) -> list[str]:
+        return ["collector"]  # the agent runs the same binary
 
     def command(self) -> list[str]:
-        return [collector_bin(), f"--config={COLLECTOR_CONFIG}"]
+        return [collector_bin(), f"--config={self.config}"]
 
     def fingerprint(self) -> str:
-        return f"{collector_bin()} {sha12(COLLECTOR_CONFIG)}"
+        return f"{collector_bin()} {sha12(self.config)}"
 
     def prepare(self) -> None:
-        validate_collector_config()
+        validate_collector_config(self.config)
 
     def health(self) -> str | None:
         try:
@@ -325,15 +355,61 @@ class Collector(Service):
                               {"Content-Type": "application/json"})
             if code != 200:
                 return f"POST :4318/v1/traces -> {code} {body[:200]!r}"
-            code, _ = http("GET", "http://127.0.0.1:8888/metrics")
-            if code != 200:
-                return f"GET :8888/metrics (own telemetry) -> {code}"
+            reason = telemetry_health(8888, self.telemetry_name)
+            if reason:
+                return reason
         except OSError as e:
             return f"{e}"
         for port, what in ((4317, "OTLP gRPC"), (8889, "prometheus exporter")):
             if not port_open(port):
                 return f"{what} port {port} closed"
         return None
+
+
+class Agent(Collector):
+    """The scaled topology's agent: config.yaml's ports and counts, traces load-balanced to the gateways."""
+
+    name = "agent"
+    address = "OTLP 127.0.0.1:4317/4318, prometheus exporter 127.0.0.1:8889, own metrics :8888 -> gateways"
+    config = AGENT_CONFIG
+    telemetry_name = "otelcol-budget-agent"
+
+
+class Gateway(Service):
+    """A tail-sampling gateway collector (collector-config/gateway.yaml) on its own pair of ports."""
+
+    def __init__(self, number: int, otlp_port: int, metrics_port: int) -> None:
+        self.name = f"gateway{number}"
+        self.ports = (otlp_port, metrics_port)
+        self.address = f"OTLP 127.0.0.1:{otlp_port} (gRPC), own metrics :{metrics_port} -> Jaeger"
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The variables gateway.yaml reads its ports from."""
+        return {"GATEWAY_OTLP_PORT": str(self.ports[0]), "GATEWAY_METRICS_PORT": str(self.ports[1])}
+
+    def needs(self) -> list[str]:
+        return ["collector"]
+
+    def command(self) -> list[str]:
+        return [collector_bin(), f"--config={GATEWAY_CONFIG}"]
+
+    def fingerprint(self) -> str:
+        return f"{collector_bin()} {sha12(GATEWAY_CONFIG)} {self.ports}"
+
+    def popen_kwargs(self) -> dict[str, Any]:
+        return {"env": dict(os.environ, **self.env)}
+
+    def prepare(self) -> None:
+        validate_collector_config(GATEWAY_CONFIG, self.env)
+
+    def health(self) -> str | None:
+        if not port_open(self.ports[0]):
+            return f"OTLP gRPC port {self.ports[0]} closed"
+        try:
+            return telemetry_health(self.ports[1], "otelcol-budget-gateway")
+        except OSError as e:
+            return f"{e}"
 
 
 class Prometheus(Service):
@@ -374,7 +450,11 @@ class Prometheus(Service):
 
 
 SERVICES: list[Service] = [Postgres(), Redis(), FerretDB(), Jaeger(), Collector(), Prometheus()]
-BY_NAME = {s.name: s for s in SERVICES}
+# The scaled topology (`up --scaled`) runs these instead of `collector`, in this start order.
+GATEWAYS: list[Gateway] = [Gateway(1, 4417, 8890), Gateway(2, 4427, 8891)]
+SCALED_COLLECTORS: list[Service] = [*GATEWAYS, Agent()]
+SCALED_SERVICES: list[Service] = [x for s in SERVICES for x in (SCALED_COLLECTORS if s.name == "collector" else [s])]
+BY_NAME = {s.name: s for s in SERVICES + SCALED_COLLECTORS}
 
 
 def render_prometheus_config() -> str:
@@ -401,9 +481,9 @@ def render_prometheus_config() -> str:
     return path
 
 
-def validate_collector_config() -> None:
-    """Run the collector's `validate` on collector-config/config.yaml; raises when it fails."""
-    r = subprocess.run([collector_bin(), "validate", f"--config={COLLECTOR_CONFIG}"], stdout=subprocess.PIPE,
-                       stderr=subprocess.STDOUT, check=False)
+def validate_collector_config(config: str = COLLECTOR_CONFIG, env: dict[str, str] | None = None) -> None:
+    """Run the collector's `validate` on a config (collector-config/config.yaml); raises when it fails."""
+    r = subprocess.run([collector_bin(), "validate", f"--config={config}"], stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, check=False, env=dict(os.environ, **(env or {})))
     if r.returncode != 0:
-        raise StackError(f"collector: `validate --config={COLLECTOR_CONFIG}` failed:\n{r.stdout.decode()}")
+        raise StackError(f"collector: `validate --config={config}` failed:\n{r.stdout.decode()}")

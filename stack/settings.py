@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 
 __all__ = [
+    "AGENT_CONFIG",
     "ALERTS_FILE",
     "BIN_DIR",
     "BUILDER_CONFIG",
     "CACHE_DIR",
     "COLLECTOR_CONFIG",
+    "GATEWAY_CONFIG",
     "HOST",
     "JAEGER_CONFIG",
     "LOG_DIR",
@@ -33,6 +35,8 @@ HOST = "127.0.0.1"
 PG_BIN = "/usr/lib/postgresql/15/bin"
 
 COLLECTOR_CONFIG = os.path.join(REPO_DIR, "collector-config", "config.yaml")
+AGENT_CONFIG = os.path.join(REPO_DIR, "collector-config", "agent.yaml")
+GATEWAY_CONFIG = os.path.join(REPO_DIR, "collector-config", "gateway.yaml")
 BUILDER_CONFIG = os.path.join(REPO_DIR, "collector-config", "builder-config.yaml")
 JAEGER_CONFIG = os.path.join(REPO_DIR, "stack", "jaeger.yaml")
 PROMETHEUS_TEMPLATE = os.path.join(REPO_DIR, "stack", "prometheus.yml")

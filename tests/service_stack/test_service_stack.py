@@ -41,3 +41,38 @@ def test_pick_keeps_start_order_and_refuses_unknown_names() -> None:
 def test_fmt_secs() -> None:
     """Seconds under a minute, minutes and zero-padded seconds above."""
     assert (fmt_secs(42.4), fmt_secs(185)) == ("42s", "3m05s")
+
+
+def test_the_scaled_topology_replaces_the_collector_in_place() -> None:
+    """`--scaled`: gateways then agent where the collector was; the agent takes the collector's ports."""
+    names = [s.name for s in commands.pick([], scaled=True)]
+    assert names == ["postgres", "redis", "ferretdb", "jaeger", "gateway1", "gateway2", "agent", "prometheus"]
+    assert services.BY_NAME["agent"].ports == services.BY_NAME["collector"].ports
+    assert [g.env for g in services.GATEWAYS] == [
+        {"GATEWAY_OTLP_PORT": "4417", "GATEWAY_METRICS_PORT": "8890"},
+        {"GATEWAY_OTLP_PORT": "4427", "GATEWAY_METRICS_PORT": "8891"},
+    ]
+
+
+@pytest.mark.parametrize(("names", "scaled", "running", "stopped"), [
+    ([], True, {"collector", "postgres"}, ["collector"]),
+    ([], False, {"agent", "gateway1", "gateway2", "postgres"}, ["gateway1", "gateway2", "agent"]),
+    (["agent"], False, {"collector", "gateway1"}, ["collector"]),
+    (["collector"], False, {"agent", "gateway1"}, ["agent"]),
+    (["gateway1"], False, {"collector"}, []),
+])
+def test_up_swaps_out_what_the_services_replace(monkeypatch: pytest.MonkeyPatch, names: list[str], scaled: bool,
+                                                running: set[str], stopped: list[str]) -> None:
+    """A whole topology stops the other's collectors; named services stop only those holding their ports."""
+    done: list[str] = []
+    for s in services.SERVICES + services.SCALED_COLLECTORS:
+        monkeypatch.setattr(s, "our_pid", lambda s=s: 1 if s.name in running else None)
+        monkeypatch.setattr(s, "stop", lambda s=s: done.append(s.name) or "stopped")
+    commands.swap_out(commands.pick(names, scaled), commands.other_collectors(names, scaled))
+    assert done == stopped
+
+
+def test_the_agent_and_the_gateways_need_the_collector_built() -> None:
+    """`up agent` on a fresh machine builds the collector binary they run."""
+    assert {n for s in services.SCALED_COLLECTORS for n in s.needs()} == {"collector"}
+    assert services.BY_NAME["postgres"].needs() == ["postgres"]

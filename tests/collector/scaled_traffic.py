@@ -1,0 +1,181 @@
+"""Traces with known outcomes for the scaled topology (agent -> gateways -> Jaeger), and readers of the results."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import re
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import pytest
+import stack
+from opentelemetry import trace
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from otel_budget.names import EVENT_ACTUAL, EVENT_EXCEEDED, EVENT_LIMIT, EVENT_METRIC, EVENT_RULE
+
+SPANS_PER_TRACE = 4  # the root SERVER span and three children
+SCALED = ["gateway1", "gateway2", "agent"]
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+@contextlib.contextmanager
+def scaled_topology() -> Iterator[None]:
+    """The agent and both gateways in place of the shared stack's collector; the collector back afterwards."""
+    for name in ("jaeger", "collector"):
+        reason = stack.BY_NAME[name].health()
+        if reason is not None:
+            pytest.fail(f"{name} is not healthy ({reason}); start the stack: make stack", pytrace=False)
+    try:
+        assert stack.main(["up", *SCALED]) == 0, "python3 stack/stack.py up gateway1 gateway2 agent failed"
+        yield
+    finally:
+        assert stack.main(["up", "collector"]) == 0
+        assert stack.main(["down", "gateway1", "gateway2"]) == 0
+
+
+class RecordingExporter(SpanExporter):
+    """The SDK's OTLP gRPC exporter, remembering the result of every export."""
+
+    def __init__(self, endpoint: str) -> None:
+        self._inner = OTLPSpanExporter(endpoint=endpoint, insecure=True)
+        self.results: list[SpanExportResult] = []
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        result = self._inner.export(spans)
+        self.results.append(result)
+        return result
+
+    def shutdown(self) -> None:
+        self._inner.shutdown()
+
+
+@dataclass
+class SentTraces:
+    """What the test process sent: trace ids by kind, and the budget.exceeded events per metric."""
+
+    by_kind: dict[str, set[int]] = field(default_factory=dict)
+    sent_at: dict[int, float] = field(default_factory=dict)  # trace id -> time.monotonic() when its root ended
+    events: Counter[str] = field(default_factory=Counter)
+    export_results: list[SpanExportResult] = field(default_factory=list)
+
+    def ids(self, *kinds: str) -> set[int]:
+        return set().union(*(self.by_kind.get(k, set()) for k in kinds))
+
+
+def kind_of(i: int) -> str:
+    """Trace i of 200: 40 over budget, 10 with an error, 10 slow, 140 plain."""
+    if i % 5 == 0:
+        return "over_budget"
+    if i < 50 and i % 5 == 1:
+        return "error"
+    if i < 50 and i % 5 == 2:
+        return "slow"
+    return "plain"
+
+
+def send_traces(service: str, count: int = 200, endpoint: str = "127.0.0.1:4317",
+                on_trace: Callable[[int], None] | None = None) -> SentTraces:
+    """Send `count` traces of SPANS_PER_TRACE spans each over OTLP gRPC, head sampling off.
+
+    `on_trace(i)` runs before trace i (to pace the traffic, or to kill a gateway mid-run).
+    """
+    exporter = RecordingExporter(endpoint)
+    provider = TracerProvider(resource=Resource.create({"service.name": service}), sampler=ALWAYS_ON)
+    provider.add_span_processor(BatchSpanProcessor(exporter, max_export_batch_size=100, schedule_delay_millis=200))
+    tracer = provider.get_tracer("tests.collector.scaled_traffic")
+    sent = SentTraces()
+    for i in range(count):
+        if on_trace:
+            on_trace(i)
+        kind = kind_of(i)
+        start = time.time_ns()
+        end = start + (2_000_000_000 if kind == "slow" else 50_000_000)  # latency policy: 1 s
+        root = tracer.start_span(f"GET /scaled/{kind}", kind=SpanKind.SERVER, start_time=start,
+                                 attributes={"http.route": f"/scaled/{kind}", "http.request.method": "GET"})
+        sent.by_kind.setdefault(kind, set()).add(root.get_span_context().trace_id)
+        metrics = ["db.queries", "duration_ms"] if i % 10 == 0 else ["db.queries"]
+        for metric in metrics if kind == "over_budget" else []:
+            root.add_event(EVENT_EXCEEDED, {EVENT_METRIC: metric, EVENT_LIMIT: 10, EVENT_ACTUAL: 11, EVENT_RULE: "http",
+                                            "http.route": f"/scaled/{kind}", "http.request.method": "GET"},
+                           timestamp=start + 1_000_000)
+            sent.events[metric] += 1
+        with trace.use_span(root, end_on_exit=False):
+            for n in range(SPANS_PER_TRACE - 1):
+                child = tracer.start_span(f"SELECT {n}", kind=SpanKind.CLIENT, start_time=start + (n + 1) * 1_000_000,
+                                          attributes={"db.system": "postgresql"})
+                if kind == "error" and n == 0:
+                    child.set_status(Status(StatusCode.ERROR, "boom"))
+                child.end(end_time=start + (n + 2) * 1_000_000)
+        root.end(end_time=end)
+        sent.sent_at[root.get_span_context().trace_id] = time.monotonic()
+    provider.force_flush()
+    provider.shutdown()
+    sent.export_results = exporter.results
+    return sent
+
+
+def get_json(url: str) -> dict[str, object]:
+    with _OPENER.open(url, timeout=10) as response:
+        return dict(json.load(response))
+
+
+def jaeger_span_counts(service: str) -> dict[int, int]:
+    """Trace id -> number of spans Jaeger holds for the service."""
+    body = get_json(f"http://127.0.0.1:16686/api/traces?service={service}&limit=10000&lookback=1h")
+    return {int(t["traceID"], 16): len(t["spans"]) for t in body.get("data") or []}  # type: ignore[attr-defined]
+
+
+def wait_for_jaeger(service: str, at_least: int, timeout: float) -> dict[int, int]:
+    """Poll Jaeger until it holds `at_least` traces of the service and their count stopped growing."""
+    deadline = time.monotonic() + timeout
+    last: dict[int, int] = {}
+    while time.monotonic() < deadline:
+        time.sleep(2)
+        counts = jaeger_span_counts(service)
+        if len(counts) >= at_least and counts == last:
+            return counts
+        last = counts
+    return last
+
+
+def scrape(port: int) -> str:
+    with _OPENER.open(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        return str(response.read().decode())
+
+
+def counted_violations(service: str, port: int = 8889) -> Counter[str]:
+    """The count connector's budget_violations_total per budget_metric for `service`, from the agent's exporter."""
+    totals: Counter[str] = Counter()
+    for line in scrape(port).splitlines():
+        if (line.startswith("budget_violations_total{") and f'service_name="{service}"' in line
+                and 'otel_scope_name="github.com/open-telemetry/opentelemetry-collector-contrib/connector/countconnector"' in line):
+            metric = re.search(r'budget_metric="([^"]*)"', line)
+            totals[metric.group(1) if metric else ""] += int(float(line.rsplit(" ", 1)[1]))
+    return totals
+
+
+def accepted_spans(port: int) -> int:
+    """Spans into the first processor (memory_limiter) of a collector whose own telemetry is on `port`.
+
+    (v0.161.0 at `level: normal` exposes no otelcol_receiver_* series.)
+    """
+    wanted = 'otelcol_processor_incoming_items{otel_signal="traces",processor="memory_limiter"}'
+    return sum(int(float(line.rsplit(" ", 1)[1])) for line in scrape(port).splitlines() if line.startswith(wanted))
+
+
+def binomial_interval(n: int, p: float, tail: float) -> tuple[int, int]:
+    """The smallest [lo, hi] with P(X < lo) <= tail and P(X > hi) <= tail for X ~ Binomial(n, p)."""
+    pmf = [math.comb(n, k) * p**k * (1 - p) ** (n - k) for k in range(n + 1)]
+    lo = next(k for k in range(n + 1) if sum(pmf[: k + 1]) > tail)
+    hi = next(k for k in range(n, -1, -1) if sum(pmf[k:]) > tail)
+    return lo, hi

@@ -1,0 +1,133 @@
+"""The scaled topology for real: agent.yaml and gateway.yaml on the built collector, traffic through agent + 2 gateways.
+
+The run swaps the shared stack's collector for the agent and back: hold the servers lock,
+`flock /tmp/otel-budget-servers.lock pytest tests/collector`.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import stack
+import yaml
+from opentelemetry.sdk.trace.export import SpanExportResult
+from scaled_traffic import (
+    SPANS_PER_TRACE,
+    SentTraces,
+    accepted_spans,
+    binomial_interval,
+    counted_violations,
+    scaled_topology,
+    send_traces,
+    wait_for_jaeger,
+)
+
+CONFIGS = Path(__file__).resolve().parents[2] / "collector-config"
+GATEWAY_ENV = {"GATEWAY_OTLP_PORT": "4417", "GATEWAY_METRICS_PORT": "8890"}
+
+
+def load(name: str) -> Any:
+    return yaml.safe_load((CONFIGS / name).read_text())
+
+
+def validate(config: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([stack.collector_bin(), "validate", f"--config={CONFIGS / config}"], env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False, timeout=60)
+
+
+@pytest.mark.parametrize(("config", "env"), [("agent.yaml", None), ("gateway.yaml", GATEWAY_ENV)])
+def test_validate_accepts_the_scaled_configs(config: str, env: dict[str, str] | None) -> None:
+    """`validate` exits 0 on agent.yaml and on gateway.yaml with its ports in the environment."""
+    result = validate(config, env)
+    assert result.returncode == 0, result.stdout
+
+
+def test_agent_counts_exactly_like_the_single_collector() -> None:
+    """The agent's receivers, connectors, metrics pipeline and Prometheus exporter are config.yaml's."""
+    agent, single = load("agent.yaml"), load("config.yaml")
+    assert agent["receivers"] == single["receivers"]
+    assert agent["connectors"] == single["connectors"]
+    assert agent["processors"] == single["processors"]
+    assert agent["exporters"]["prometheus"] == single["exporters"]["prometheus"]
+    assert agent["service"]["pipelines"]["metrics"] == single["service"]["pipelines"]["metrics"]
+    assert {"count", "span_metrics"} <= set(agent["service"]["pipelines"]["traces"]["exporters"])
+
+
+def test_gateway_samples_after_the_agent_counted() -> None:
+    """Counting happens on the agent, before sampling; the gateway has no count connector."""
+    agent, gateway = load("agent.yaml"), load("gateway.yaml")
+    assert all("tail_sampling" not in p["processors"] for p in agent["service"]["pipelines"].values())
+    assert "tail_sampling" in gateway["service"]["pipelines"]["traces"]["processors"]
+    assert "connectors" not in gateway
+
+
+def probabilistic_share() -> float:
+    policies = load("gateway.yaml")["processors"]["tail_sampling"]["policies"]
+    return float(next(p for p in policies if p["type"] == "probabilistic")["probabilistic"]["sampling_percentage"]) / 100
+
+
+@pytest.fixture(scope="module")
+def scaled_stack() -> Iterator[None]:
+    with scaled_topology():
+        yield
+
+
+@pytest.fixture(scope="module")
+def run(scaled_stack: None) -> tuple[str, SentTraces, dict[int, int], tuple[int, int]]:
+    """200 traces sent to the agent; what Jaeger holds of them; spans each gateway accepted."""
+    service = f"scaled-topology-{uuid.uuid4().hex[:8]}"
+    before = accepted_spans(8890), accepted_spans(8891)
+    sent = send_traces(service)
+    must_keep = len(sent.ids("over_budget", "error", "slow"))
+    held = wait_for_jaeger(service, at_least=must_keep, timeout=60)  # decision_wait is 10 s
+    accepted = accepted_spans(8890) - before[0], accepted_spans(8891) - before[1]
+    kept = {kind: f"{len(ids & held.keys())}/{len(ids)}" for kind, ids in sent.by_kind.items()}
+    print(f"kept in Jaeger {kept}; spans per gateway {accepted}; "
+          f"plain interval {binomial_interval(len(sent.ids('plain')), probabilistic_share(), tail=0.0005)}")
+    return service, sent, held, accepted
+
+
+def test_the_sender_sees_no_export_failure(run: tuple[str, SentTraces, dict[int, int], tuple[int, int]]) -> None:
+    """Every OTLP export of the test process to the agent succeeded."""
+    _, sent, _, _ = run
+    assert sent.export_results and set(sent.export_results) == {SpanExportResult.SUCCESS}
+
+
+def test_both_gateways_get_whole_traces(run: tuple[str, SentTraces, dict[int, int], tuple[int, int]]) -> None:
+    """The agent spreads the 800 spans over both gateways, and every trace Jaeger holds is complete."""
+    _, sent, held, accepted = run
+    assert sum(accepted) == SPANS_PER_TRACE * len(sent.ids(*sent.by_kind))
+    assert min(accepted) > 0, accepted
+    assert {n for n in held.values()} == {SPANS_PER_TRACE}
+
+
+def test_every_over_budget_error_and_slow_trace_is_kept(
+        run: tuple[str, SentTraces, dict[int, int], tuple[int, int]]) -> None:
+    """Tail sampling keeps all 40 traces with a budget.exceeded event, the 10 errors and the 10 slow ones, complete."""
+    _, sent, held, _ = run
+    for kind in ("over_budget", "error", "slow"):
+        missing = sent.ids(kind) - held.keys()
+        assert not missing, f"{len(missing)} of {len(sent.ids(kind))} {kind} traces are not in Jaeger"
+        assert all(held[t] == SPANS_PER_TRACE for t in sent.ids(kind))
+
+
+def test_the_rest_is_kept_at_the_probabilistic_share(
+        run: tuple[str, SentTraces, dict[int, int], tuple[int, int]]) -> None:
+    """Of the 140 plain traces, the number kept lies in the 99.9 % interval of Binomial(140, share)."""
+    _, sent, held, _ = run
+    plain = sent.ids("plain")
+    kept = len(plain & held.keys())
+    lo, hi = binomial_interval(len(plain), probabilistic_share(), tail=0.0005)
+    assert lo <= kept <= hi, f"{kept} of {len(plain)} plain traces kept, expected {lo}..{hi}"
+    assert held.keys() <= sent.ids(*sent.by_kind)
+
+
+def test_the_agent_counts_every_violation(run: tuple[str, SentTraces, dict[int, int], tuple[int, int]]) -> None:
+    """budget_violations_total on the agent's exporter (:8889) is exactly the events sent, per metric."""
+    service, sent, _, _ = run
+    assert counted_violations(service) == sent.events
