@@ -10,6 +10,7 @@ from opentelemetry import trace
 
 from otel_budget import names
 from otel_budget.config import BudgetConfig, ConfigError, choices_hint, load_config, valid_metrics
+from otel_budget.killed import watch_celery
 from otel_budget.processor import BudgetSpanProcessor
 
 __all__ = ["install", "is_enabled", "metrics_enabled", "metrics_setting", "post_instrument"]
@@ -122,8 +123,19 @@ def install(tracer_provider: Any = None, *, config_path: str | None = None, **op
     processor = BudgetSpanProcessor(config=config, config_error=error, **options)
     add(processor)
     setattr(provider, "_otel_budget_processor", processor)  # noqa: B010 - marks the provider as done
+    _watch_killed_tasks(processor, provider)
     logger.debug("otel-budget: installed with budgets from %s", config.source)
     return processor
+
+
+def _watch_killed_tasks(processor: BudgetSpanProcessor, provider: Any) -> None:
+    """Where Celery is installed, the worker's main process reports tasks killed in its pool (killed.py)."""
+    try:
+        reporter = watch_celery(processor, provider)
+    except Exception:
+        logger.exception("otel-budget: could not watch Celery for killed tasks; they go unreported")
+        return
+    setattr(provider, "_otel_budget_killed_tasks", reporter)  # noqa: B010 - the signals hold it weakly
 
 
 def post_instrument(**_: Any) -> None:
