@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from opentelemetry import metrics
@@ -107,6 +107,31 @@ class BudgetMetrics:
         assert self._spans_dropped is not None
         self._spans_dropped.add(count)
 
+    def drop_inherited(self) -> bool:
+        """In a forked child: forget the measurements of our instruments that it inherited; True if done.
+
+        The SDK (1.45) gives a forked child its own `service.instance.id` but keeps the parent's
+        measurements, so a child would export the parent's counts again as its own (a Celery pool child
+        forked after its main process reported a killed task). No public API resets them: this clears
+        our instruments' entries in the provider's reader storages, and does nothing if their shape differs.
+        """
+        provider = self._meter_provider or metrics.get_meter_provider()
+        consumer = getattr(provider, "_measurement_consumer", None)
+        storages = getattr(consumer, "_reader_storages", None)
+        if not isinstance(storages, Mapping):
+            return False
+        dropped = False
+        for storage in storages.values():
+            matches = getattr(storage, "_instrument_view_instrument_matches", None)
+            lock = getattr(storage, "_lock", None)
+            if not isinstance(matches, dict) or lock is None:
+                continue
+            with lock:
+                for instrument in [i for i in matches if _is_ours(i)]:
+                    del matches[instrument]
+                dropped = True
+        return dropped
+
     def _get_meter(self) -> metrics.Meter:
         if self._meter is None:
             provider = self._meter_provider or metrics.get_meter_provider()
@@ -132,3 +157,8 @@ def _scope_attributes(result: ScopeResult) -> dict[str, Any]:
     if result.kind == names.RULE_CELERY:
         return {names.CELERY_TASK_NAME: result.name}
     return {names.SCOPE_NAME: result.name}
+
+
+def _is_ours(instrument: Any) -> bool:
+    scope = getattr(instrument, "instrumentation_scope", None)
+    return getattr(scope, "name", None) == names.METER_NAME

@@ -13,6 +13,7 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from otel_budget import names
 from otel_budget.config import BudgetConfig, ConfigError, load_config
+from otel_budget.killed import watch_celery
 from otel_budget.processor import BudgetSpanProcessor
 from otel_budget.sampling import wrap_sampler
 from otel_budget.settings import Settings
@@ -132,6 +133,7 @@ def _add_processor(
     if options["sampling"] == names.SAMPLING_ALL and not wrap_sampler(provider, processor.tally_for):
         logger.warning("otel-budget: the sampler of %r cannot be wrapped; only sampled scopes are tallied", provider)
     setattr(provider, "_otel_budget_processor", processor)  # noqa: B010 - marks the provider as done
+    _watch_killed_tasks(processor, provider)
     logger.debug("otel-budget: installed with budgets from %s", config.source)
     return processor
 
@@ -181,6 +183,16 @@ def pre_instrument(**_: Any) -> None:
 def django_unconfigured() -> bool:
     """Django is installed but its settings are not configured: its instrumentation stays off."""
     return importlib.util.find_spec("django") is not None and not _django_configured()
+
+
+def _watch_killed_tasks(processor: BudgetSpanProcessor, provider: Any) -> None:
+    """Where Celery is installed, the worker's main process reports tasks killed in its pool (killed.py)."""
+    try:
+        reporter = watch_celery(processor, provider)
+    except Exception:
+        logger.exception("otel-budget: could not watch Celery for killed tasks; they go unreported")
+        return
+    setattr(provider, "_otel_budget_killed_tasks", reporter)  # noqa: B010 - the signals hold it weakly
 
 
 def post_instrument(**_: Any) -> None:

@@ -70,6 +70,7 @@ PREFIX = "budget."
 ATTR_VIOLATIONS = "budget.violations"
 ATTR_RULE = "budget.rule"
 ATTR_CONFIG_ERROR = "budget.config_error"
+ATTR_KILLED = "budget.killed"  # a Celery task whose pool process was killed, reported by the main process
 EVENT_EXCEEDED = "budget.exceeded"
 EVENT_METRIC = "budget.metric"
 EVENT_LIMIT = "budget.limit"
@@ -120,8 +121,12 @@ HTTP_ROUTE = "http.route"
 HTTP_REQUEST_METHOD = "http.request.method"
 CELERY_TASK_NAME = "celery.task_name"
 CELERY_ACTION = "celery.action"
+CELERY_TASK_ID = "messaging.message.id"  # where the Celery instrumentation puts the task id
 SCOPE_NAME = "budget.scope"
 SPAN_KIND = "span.kind"  # Jaeger's tag for the span kind
+
+# Where `@budget(...)` leaves its limits on the function it wraps (a killed task's rule `code`).
+CODE_LIMITS_ATTR = "__otel_budget_limits__"
 
 # OpenTelemetry metrics (instruments).
 METER_NAME = "otel_budget"

@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import sys
 import threading
 import time
 import weakref
@@ -30,7 +31,7 @@ from otel_budget import _sdkspan, names, tally, verdict
 from otel_budget._held import DEFAULT_MAX_HELD, DEFAULT_MAX_HELD_PER_SCOPE, HeldSpans
 from otel_budget._metrics import BudgetMetrics
 from otel_budget._ratelimit import log_exception
-from otel_budget.config import BudgetConfig, choices_hint, valid_metrics
+from otel_budget.config import BudgetConfig, BudgetRule, choices_hint, valid_metrics
 from otel_budget.names import ScopeKind
 from otel_budget.results import ScopeResult
 from otel_budget.sinks import Listener, Listeners, write_to_span
@@ -45,9 +46,11 @@ _PRODUCER = SpanKind.PRODUCER
 _SERVER = SpanKind.SERVER
 _CONSUMER = SpanKind.CONSUMER
 _HTTP = ScopeKind.HTTP
+_CELERY = ScopeKind.CELERY
 _HTTP_ROUTE = names.HTTP_ROUTE
 _HTTP_METHOD = names.HTTP_METHOD
 _SCOPE_NAME = names.SCOPE_NAME
+_KILLED = names.ATTR_KILLED
 _TASKS_ENQUEUED = tally.slot_of(names.TASKS_ENQUEUED)
 _kind_of = _sdkspan.kind
 _id_of = _sdkspan.span_id
@@ -93,7 +96,10 @@ class _EndScope:
         result = None
         if not tally.closed:
             try:
-                result = self.processor._finish(tally, end_ns, writable=True)
+                if tally.kind is _CELERY and self.processor._pool_child and isinstance(sys.exc_info()[1], SystemExit):
+                    self.processor._abandon(tally)  # the pool is killing us: its main process reports it (killed.py)
+                else:
+                    result = self.processor._finish(tally, end_ns, writable=True)
             except Exception:
                 log_exception(logger, "otel-budget: could not finish a scope; its span is exported without budgets")
         if self.original is not None:
@@ -139,6 +145,7 @@ class BudgetSpanProcessor(SpanProcessor):
         self._scopes: dict[int, ScopeTally] = {}  # open scope span id -> tally, oldest first
         self._evict_lock = threading.Lock()
         self._listeners = Listeners()
+        self._pool_child = False  # a Celery pool process: see `leave_killed_tasks_to_main_process`
         self._overlay: Mapping[str, float] | None = None
         self._held = (
             HeldSpans(per_scope=max_held_spans_per_scope, total=max_held_spans)
@@ -181,6 +188,37 @@ class BudgetSpanProcessor(SpanProcessor):
         (the pytest plugin's per-test budgets); None removes them."""
         self._overlay = dict(limits) if limits else None
 
+    def rule_for(
+        self, kind: ScopeKind, name: str | None, method: str | None = None, code_limits: Mapping[str, float] | None = None
+    ) -> BudgetRule:
+        """The rule of a scope: the budgets file's, under the overlay, under the scope's in-code limits."""
+        rule = self.config.rule_for(kind, name, method)
+        if self._overlay:
+            rule = rule.overridden(names.RULE_CODE, self._overlay)
+        if code_limits:
+            rule = rule.overridden(names.RULE_CODE, code_limits)
+        return rule
+
+    def publish(self, result: ScopeResult) -> None:
+        """A finished scope to the metrics and the listeners (its span is written by whoever ends it)."""
+        if self._metrics is not None:
+            self._metrics.record(result)
+        self._listeners(result)
+
+    def leave_killed_tasks_to_main_process(self) -> None:
+        """In a Celery pool process: a task whose span ends while SystemExit propagates (the pool's SIGTERM
+        at a hard time limit) is not finished here, so it is not counted twice: the worker's main process
+        reports it killed (killed.py). Nor are the main process's counts of killed tasks, copied by the fork."""
+        self._pool_child = True
+        if self._metrics is not None and not self._metrics.drop_inherited():
+            log_exception(
+                logger,
+                "otel-budget: could not drop the metrics this pool process inherited; tasks its main process "
+                "reported killed before the fork may be counted again",
+                level=logging.WARNING,
+                exc_info=False,
+            )
+
     # -- SpanProcessor --------------------------------------------------------------------------------
     # This is the whole per-span cost: on_start one dict lookup (one insert inside a scope), on_end
     # one pop and, for a counted span, a queue append on its tally (counted 16 at a time).
@@ -192,6 +230,8 @@ class BudgetSpanProcessor(SpanProcessor):
                 if kind is _SERVER:
                     self._open(span, ScopeKind.HTTP, _name_of(span), None)
                 elif kind is _CONSUMER:
+                    if _attributes(span).get(_KILLED):  # a killed task's report (killed.py): judged already
+                        return
                     name = _name_of(span)
                     self._open(span, ScopeKind.CELERY, name[4:] if name.startswith("run/") else name, None)
                 elif scope_name is not None:
@@ -282,11 +322,9 @@ class BudgetSpanProcessor(SpanProcessor):
             scope.rule_final = route is not None
         else:
             scope.rule_final = True
-        rule = self.config.rule_for(scope.kind, name, method if method is None or type(method) is str else str(method))
-        if self._overlay:
-            rule = rule.overridden(names.RULE_CODE, self._overlay)
-        if scope.code_limits:
-            rule = rule.overridden(names.RULE_CODE, scope.code_limits)
+        rule = self.rule_for(
+            scope.kind, name, method if method is None or type(method) is str else str(method), scope.code_limits
+        )
         current = scope.rule
         if rule is current:  # the usual case: the rule cache hands back the same object
             return
@@ -304,6 +342,12 @@ class BudgetSpanProcessor(SpanProcessor):
         for span_id in still_open:
             spans.pop(span_id, None)
 
+    def _abandon(self, scope: ScopeTally) -> None:
+        """Drop an open scope unfinished: its span is exported without budgets."""
+        self._forget(scope)
+        scope.span = None
+        scope.pending = None
+
     def _finish(self, scope: ScopeTally, end_ns: int, *, writable: bool) -> ScopeResult | None:
         self._forget(scope)
         span = scope.span
@@ -318,9 +362,7 @@ class BudgetSpanProcessor(SpanProcessor):
                 write_to_span(span, result)
             if scope.parent is not None and not scope.parent.closed:
                 scope.merge_into(scope.parent, end_ns)
-            if self._metrics is not None:
-                self._metrics.record(result)
-            self._listeners(result)
+            self.publish(result)
             return result
         finally:
             scope.span = None

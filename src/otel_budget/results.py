@@ -49,6 +49,7 @@ class ScopeResult:
     config_error: str | None = None  # why the budgets file could not be used (then the built-in defaults applied)
     service: str | None = None  # `service.name`, when read back from a backend
     start_ns: int | None = None  # the scope span's start, when read back from a backend
+    killed: bool = False  # a Celery task whose pool process died (hard time limit, SIGKILL): `budget.killed`
 
     @property
     def span_id_hex(self) -> str:

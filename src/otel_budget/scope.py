@@ -68,6 +68,7 @@ def budget(limits: Mapping[str, float] | None = None, /, **keyword_limits: float
                 _apply(checked)
                 return await func(*args, **kwargs)
 
+            setattr(async_wrapper, names.CODE_LIMITS_ATTR, checked)
             return cast(F, async_wrapper)
 
         @functools.wraps(func)
@@ -75,6 +76,7 @@ def budget(limits: Mapping[str, float] | None = None, /, **keyword_limits: float
             _apply(checked)
             return func(*args, **kwargs)
 
+        setattr(wrapper, names.CODE_LIMITS_ATTR, checked)  # read by killed.py: a killed task's code rule
         return cast(F, wrapper)
 
     return decorate

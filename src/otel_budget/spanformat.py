@@ -22,7 +22,9 @@ __all__ = ["Event", "decode", "decode_span", "encode", "encode_events", "encode_
 Event = tuple[str, Mapping[str, Any], int]  # name, attributes, timestamp (ns)
 
 # Our own attributes that are not metrics.
-_NOT_METRICS = frozenset({names.ATTR_VIOLATIONS, names.ATTR_RULE, names.ATTR_CONFIG_ERROR, names.SCOPE_NAME})
+_NOT_METRICS = frozenset(
+    {names.ATTR_VIOLATIONS, names.ATTR_RULE, names.ATTR_CONFIG_ERROR, names.ATTR_KILLED, names.SCOPE_NAME}
+)
 _KINDS = {SpanKind.SERVER: "server", SpanKind.CONSUMER: "consumer"}
 # metric -> its attribute key, made once per metric (`db.<system>.*` as systems appear, bounded).
 _ATTRIBUTE_KEYS: dict[str, str] = {metric: names.PREFIX + metric for metric in names.FIXED_METRICS}
@@ -39,13 +41,16 @@ def scope_identity(result: ScopeResult) -> dict[str, Any]:
 
 
 def encode_summary(result: ScopeResult) -> dict[str, Any]:
-    """The summary attributes: `budget.<metric>` for every value, `budget.violations`, `budget.rule`."""
+    """The summary attributes: `budget.<metric>` for every value, `budget.violations`, `budget.rule`
+    (and `budget.killed` on a killed task's)."""
     keys = _ATTRIBUTE_KEYS
     summary: dict[str, Any] = {keys.get(metric) or _key(metric): value for metric, value in result.values.items()}
     summary[names.ATTR_VIOLATIONS] = len(result.violations)
     summary[names.ATTR_RULE] = result.rule
     if result.config_error:
         summary[names.ATTR_CONFIG_ERROR] = result.config_error
+    if result.killed:
+        summary[names.ATTR_KILLED] = True
     return summary
 
 
@@ -125,6 +130,7 @@ def decode(
         config_error=str(error) if error else None,
         service=service,
         start_ns=start_ns,
+        killed=attributes.get(names.ATTR_KILLED) is True,
     )
 
 

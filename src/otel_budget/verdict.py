@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 
 from otel_budget import names
@@ -10,7 +11,7 @@ from otel_budget.names import ScopeKind
 from otel_budget.normalize import shorten
 from otel_budget.results import ScopeResult, Violation
 
-__all__ = ["judge", "violations"]
+__all__ = ["judge", "judge_killed", "violations"]
 
 
 def violations(
@@ -72,3 +73,48 @@ def judge(
         repeated_statement=statement,
         config_error=config_error,
     )
+
+
+def judge_killed(
+    *,
+    name: str,
+    rule: BudgetRule,
+    duration_ms: float,
+    time_limit_ms: float | None,
+    end_ns: int,
+    trace_id: int,
+    span_id: int,
+    config_error: str | None = None,
+) -> ScopeResult:
+    """The `ScopeResult` of a Celery task killed after `duration_ms` (`budget.killed`).
+
+    Only its duration is known (what it counted died with its process), and it always breaks its
+    `duration_ms` budget: against the rule's limit when it has one (even when the kill came first,
+    a hard time limit below the budget), else against the hard time limit that killed it, else 0.
+    """
+    values = {names.DURATION_MS: duration_ms}
+    result = judge(
+        kind=ScopeKind.CELERY,
+        name=name,
+        method=None,
+        rule=rule,
+        values=values,
+        crossed=None,
+        end_ns=end_ns,
+        max_statement=None,
+        trace_id=trace_id,
+        span_id=span_id,
+        config_error=config_error,
+    )
+    found = result.violations
+    if not any(violation.metric == names.DURATION_MS for violation in found):
+        limit = rule.limits.get(names.DURATION_MS)
+        killed = Violation(
+            metric=names.DURATION_MS,
+            limit=limit if limit is not None else time_limit_ms or 0.0,
+            actual=duration_ms,
+            rule=rule.sources.get(names.DURATION_MS, rule.name),
+            timestamp_ns=end_ns,
+        )
+        found = (killed, *found)
+    return dataclasses.replace(result, violations=found, killed=True)

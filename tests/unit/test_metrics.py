@@ -99,3 +99,20 @@ def test_instrument_names_leave_the_unit_to_the_unit() -> None:
     assert (units["budget.duration"], units["budget.db.duration"], units["budget.db.postgresql.duration"]) == ("ms", "ms", "ms")
     assert (units["budget.memory.growth"], units["budget.db.queries"]) == ("MiB", "{query}")
     assert not any(name.endswith(("_ms", "_mb")) for name in units)
+
+
+def test_drop_inherited_forgets_our_measurements_only() -> None:
+    """A Celery pool child drops the counts it inherited from its parent; other meters' and new ones stay."""
+    reader = InMemoryMetricReader()
+    provider = MeterProvider([reader])
+    other = provider.get_meter("other").create_counter("other.count")
+    tracing = make_tracing({"http": {"db.queries": 0}}, record_metrics=True, meter_provider=provider)
+    with tracing.request(route="orders/"):
+        tracing.db("SELECT 1")
+    other.add(1)
+    tracing.processor.leave_killed_tasks_to_main_process()  # what killed.py calls in a pool child
+    assert set(collect(reader)) == {"other.count"}
+    with tracing.request(route="orders/"):
+        tracing.db("SELECT 1")
+    (point,) = collect(reader)["budget.violations"]
+    assert point.value == 1
