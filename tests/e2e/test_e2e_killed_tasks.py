@@ -166,7 +166,7 @@ def test_hard_time_limit_kills_are_reported(prefork: Worker, jaeger: JaegerReade
     ]
     assert len(reports) == 3
     assert violations_counted(prefork.service, PAST_LIMIT, expect=3) == 3
-    assert counted("budget_duration_ms_milliseconds_count", prefork.service, PAST_LIMIT, expect=3) == 3
+    assert counted("budget_duration_milliseconds_count", prefork.service, PAST_LIMIT, expect=3) == 3
     time.sleep(2.5)  # two more metric exports: pool children forked after the kills do not count them again
     assert violations_counted(prefork.service, PAST_LIMIT, expect=3) == 3
 
