@@ -35,7 +35,7 @@ from otel_budget.results import ScopeResult
 from otel_budget.sinks import Listener, Listeners, write_to_span
 from otel_budget.tally import ScopeTally, first
 
-__all__ = ["BudgetSpanProcessor", "ScopeTally", "current_tally"]
+__all__ = ["BudgetSpanProcessor", "ScopeTally", "current_tally", "untimed_call", "untimed_connection"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +48,8 @@ _HTTP_ROUTE = names.HTTP_ROUTE
 _HTTP_METHOD = names.HTTP_METHOD
 _SCOPE_NAME = names.SCOPE_NAME
 _TASKS_ENQUEUED = tally.slot_of(names.TASKS_ENQUEUED)
+_UNTIMED_CALLS = tally.slot_of(names.EXTERNAL_UNTIMED_CALLS)
+_UNTIMED_CONNECTIONS = tally.slot_of(names.DB_UNTIMED_CONNECTIONS)
 _kind_of = _sdkspan.kind
 _id_of = _sdkspan.span_id
 _name_of = _sdkspan.name
@@ -324,6 +326,7 @@ class BudgetSpanProcessor(SpanProcessor):
             trace_id=context.trace_id,
             span_id=context.span_id,
             config_error=self.config_error,
+            details=scope.untimed_details(rule.limits) if scope.untimed else None,
         )
 
     def _evict_oldest(self) -> None:
@@ -391,3 +394,31 @@ def current_tally() -> tuple[BudgetSpanProcessor, ScopeTally] | None:
         if found is not None:
             return processor, found
     return None
+
+
+# -- untimed calls and connections (the hooks in `_timeouts.py` call these) ------------------------------
+def untimed_call(describe: Callable[[], Mapping[str, str]]) -> None:
+    """The HTTP client span now current makes its request with no timeout: counted once in its scope.
+
+    Only a CLIENT span counts (so only calls `external.calls` counts): a call from a library that is not
+    instrumented has its caller's span as the current one.
+    """
+    span = trace.get_current_span()
+    if isinstance(span, ReadableSpan) and _kind_of(span) is _CLIENT:
+        _untimed(span, _UNTIMED_CALLS, _id_of(span), describe)
+
+
+def untimed_connection(connection: object, describe: Callable[[], Mapping[str, str]]) -> None:
+    """The current span's scope uses `connection`, which has no timeout: counted once per scope."""
+    span = trace.get_current_span()
+    if isinstance(span, ReadableSpan):
+        _untimed(span, _UNTIMED_CONNECTIONS, id(connection), describe)
+
+
+def _untimed(span: ReadableSpan, slot: int, key: int, describe: Callable[[], Mapping[str, str]]) -> None:
+    span_id = _id_of(span)
+    for processor in list(_PROCESSORS):
+        owner = processor.tally_for(span_id)
+        if owner is not None and not owner.closed:
+            owner.add_untimed(slot, key, describe, time.time_ns())
+            return

@@ -43,6 +43,7 @@ INSTRUMENTORS = (
     ("opentelemetry.instrumentation.requests", "RequestsInstrumentor"),
     ("opentelemetry.instrumentation.httpx", "HTTPXClientInstrumentor"),
     ("opentelemetry.instrumentation.urllib3", "URLLib3Instrumentor"),
+    ("opentelemetry.instrumentation.urllib", "URLLibInstrumentor"),
     ("opentelemetry.instrumentation.celery", "CeleryInstrumentor"),
 )
 
