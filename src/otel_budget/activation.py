@@ -8,7 +8,7 @@ from typing import Any
 
 from opentelemetry import trace
 
-from otel_budget import _timeouts, names
+from otel_budget import names
 from otel_budget.config import BudgetConfig, ConfigError, choices_hint, load_config, valid_metrics
 from otel_budget.processor import BudgetSpanProcessor
 
@@ -100,9 +100,6 @@ def load_config_or_default(path: str | None = None) -> tuple[BudgetConfig, str |
 def install(tracer_provider: Any = None, *, config_path: str | None = None, **options: Any) -> BudgetSpanProcessor | None:
     """Add a `BudgetSpanProcessor` to `tracer_provider` (default: the global one); idempotent.
 
-    It also puts the timeout hooks on the HTTP and DB client libraries (`_timeouts.install`), which feed
-    `external.untimed_calls` and `db.untimed_connections`.
-
     Returns the processor, or None when disabled or when no SDK TracerProvider is configured.
     """
     if not is_enabled():
@@ -126,7 +123,6 @@ def install(tracer_provider: Any = None, *, config_path: str | None = None, **op
     processor = BudgetSpanProcessor(config=config, config_error=error, **options)
     add(processor)
     setattr(provider, "_otel_budget_processor", processor)  # noqa: B010 - marks the provider as done
-    _timeouts.install()  # untimed external calls and DB connections (process-wide, idempotent)
     logger.debug("otel-budget: installed with budgets from %s", config.source)
     return processor
 

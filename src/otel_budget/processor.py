@@ -26,7 +26,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.trace import SpanKind
 
-from otel_budget import _sdkspan, names, tally, verdict
+from otel_budget import _sdkspan, _timeouts, names, tally, verdict
 from otel_budget._metrics import BudgetMetrics
 from otel_budget._ratelimit import log_exception
 from otel_budget.config import BudgetConfig, choices_hint, valid_metrics
@@ -104,6 +104,9 @@ class _EndScope:
 class BudgetSpanProcessor(SpanProcessor):
     """Tallies every span under a scope and checks the scope against its budgets when it ends.
 
+    Making one also puts the timeout hooks on the installed HTTP and DB client libraries, once per
+    process (`_timeouts.install`): they feed `external.untimed_calls` and `db.untimed_connections`.
+
     Args:
         config: the budgets; default: built-in defaults (N+1 only).
         config_error: why the configured file could not be used; shown on every scope span.
@@ -137,6 +140,7 @@ class BudgetSpanProcessor(SpanProcessor):
             histograms = None if record_metrics is True else _metric_names(record_metrics)
             self._metrics = BudgetMetrics(meter_provider, histograms)
         _PROCESSORS.add(self)
+        _timeouts.install()  # the hooks that feed the untimed metrics: process-wide, once
         if hasattr(os, "register_at_fork"):
             os.register_at_fork(after_in_child=functools.partial(_after_fork_in_child, weakref.ref(self)))
 
