@@ -6,8 +6,9 @@ function per client library, at the level where the timeout in force is known:
     HTTP (inside the CLIENT span)   urllib3 `HTTPConnectionPool._make_request` (requests and urllib3),
                                     httpcore `ConnectionPool.handle_request` (httpx, sync and async),
                                     urllib `AbstractHTTPHandler.do_open`
-    DB (once per statement)         dbapi `CursorTracer.traced_execution` (psycopg2, psycopg),
+    DB (once per statement)         dbapi `CursorTracer.traced_execution[_async]` (psycopg2, psycopg),
                                     pymongo `Pool.checkout`, redis-py `ConnectionPool.get_connection`
+                                    (sync and asyncio)
 
 A timed call costs the wrapper and one comparison; an untimed one finds its scope through the current
 span (`processor.untimed_call` / `untimed_connection`). Nothing here runs per span: the DB path of the
@@ -291,10 +292,15 @@ _PATCHES = (
     _Patch("httpcore", "ConnectionPool", "handle_request", _wrap_httpcore),
     _Patch("httpcore", "AsyncConnectionPool", "handle_async_request", _wrap_httpcore_async),
     _Patch("urllib.request", "AbstractHTTPHandler", "do_open", _wrap_urllib),
+    # The async variants return a coroutine or an async context manager: the check is made at the call.
     _Patch("opentelemetry.instrumentation.dbapi", "CursorTracer", "traced_execution", _wrap_cursor),
+    _Patch("opentelemetry.instrumentation.dbapi", "CursorTracer", "traced_execution_async", _wrap_cursor),
     _Patch("pymongo.synchronous.pool", "Pool", "checkout", _wrap_pool(_check_mongo_pool)),
+    _Patch("pymongo.asynchronous.pool", "Pool", "checkout", _wrap_pool(_check_mongo_pool)),
     _Patch("redis.connection", "ConnectionPool", "get_connection", _wrap_pool(_check_redis_pool)),
     _Patch("redis.connection", "BlockingConnectionPool", "get_connection", _wrap_pool(_check_redis_pool)),
+    _Patch("redis.asyncio.connection", "ConnectionPool", "get_connection", _wrap_pool(_check_redis_pool)),
+    _Patch("redis.asyncio.connection", "BlockingConnectionPool", "get_connection", _wrap_pool(_check_redis_pool)),
 )
 _installed: list[_Patch] = []
 

@@ -254,6 +254,27 @@ def test_redis_socket_timeout(stack: Stack) -> None:
         timed.close()
 
 
+def test_async_redis_and_pymongo_clients(stack: Stack) -> None:
+    """The asyncio clients are watched too: one untimed redis pool and one untimed pymongo client."""
+    import redis.asyncio
+
+    async def calls() -> None:
+        plain = redis.asyncio.Redis.from_url(REDIS)
+        timed = redis.asyncio.Redis.from_url(REDIS, socket_timeout=3)
+        mongo = pymongo.AsyncMongoClient(MONGO)
+        try:
+            await plain.get("x")
+            await timed.get("x")
+            await mongo.otel_budget_untimed.items.find_one({})
+            await mongo.otel_budget_untimed.items.find_one({})
+        finally:
+            await plain.aclose()
+            await timed.aclose()
+            await mongo.close()
+
+    assert stack.scope("async-clients", lambda: asyncio.run(calls())).values["db.untimed_connections"] == 2
+
+
 def test_untimed_connection_event_only_where_a_file_sets_it(stack: Stack) -> None:
     """`db.untimed_connections = 0` in [scope]: the event names the driver, host:port and this line."""
     run = _pg(PG, statements=1)
