@@ -9,6 +9,9 @@ and take the difference (start-up and imports cancel). MODE:
     http-untimed    the same with the hooks on and no timeout (the limit lifted: no event)
     db-unhooked     psycopg2 `SELECT 1` (instrumented, 20 per scope) with the hooks off
     db-hooked       the same with the hooks on, an untimed connection (counted once per scope)
+    check-none      no network: a scope with one HTTP CLIENT span, no check (the baseline of the next two)
+    check-timed     the same, the urllib3 hook's check of a timed call inside the span
+    check-untimed   the same, an untimed call: counted in the scope, its details kept
 The HTTP server is http.server on 127.0.0.1 in a thread of the same process (the same in every mode).
 """
 
@@ -19,7 +22,9 @@ import sys
 import threading
 from typing import Any
 
-MODES = ("http-unhooked", "http-timed", "http-untimed", "db-unhooked", "db-hooked")
+MODES = (
+    "http-unhooked", "http-timed", "http-untimed", "db-unhooked", "db-hooked", "check-none", "check-timed", "check-untimed",
+)
 PG = "host=127.0.0.1 port=5432 dbname=shop user=otel_budget password=otel_budget"
 WARM_UP = 50
 
@@ -50,7 +55,7 @@ def main(argv: list[str]) -> int:
     provider.add_span_processor(BudgetSpanProcessor(record_metrics=False))
     if mode.endswith("unhooked"):
         _timeouts.uninstall()
-    run = _http(provider, mode) if mode.startswith("http") else _db(provider)
+    run = _http(provider, mode) if mode.startswith("http") else _db(provider) if mode.startswith("db") else _check(provider, mode)
     for index in range(WARM_UP + count):
         with budget_scope("bench", tracer_provider=provider, external_untimed_calls=1e9):
             run()
@@ -67,6 +72,25 @@ def _http(provider: Any, mode: str) -> Any:
     URLLib3Instrumentor().instrument(tracer_provider=provider)
     pool = urllib3.HTTPConnectionPool("127.0.0.1", server.server_address[1], timeout=3 if mode == "http-timed" else None)
     return lambda: pool.request("GET", "/")
+
+
+def _check(provider: Any, mode: str) -> Any:
+    import urllib3
+    from opentelemetry.trace import SpanKind
+
+    from otel_budget._timeouts import _check_urllib3
+
+    tracer = provider.get_tracer("bench")
+    pool = urllib3.HTTPConnectionPool("127.0.0.1", 9)
+    timeout = urllib3.Timeout(connect=None, read=None) if mode == "check-untimed" else urllib3.Timeout(3)
+    attributes = {"http.request.method": "GET"}
+
+    def run() -> None:
+        with tracer.start_as_current_span("GET", kind=SpanKind.CLIENT, attributes=attributes):
+            if mode != "check-none":
+                _check_urllib3(pool, timeout)
+
+    return run
 
 
 def _db(provider: Any) -> Any:

@@ -272,6 +272,9 @@ class ScopeTally:
         `describe()` gives its details; it is called only for the first few and for the one that crosses
         the limit in force, so a scope whose limit is lifted pays for a count only.
         """
+        keys = self.untimed_keys
+        if keys is not None and (slot, key) in keys:  # seen (the usual case per statement): no lock
+            return
         with self.lock:
             keys = self.untimed_keys
             if keys is None:
