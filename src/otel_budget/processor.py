@@ -140,6 +140,7 @@ class BudgetSpanProcessor(SpanProcessor):
             histograms = None if record_metrics is True else _metric_names(record_metrics)
             self._metrics = BudgetMetrics(meter_provider, histograms)
         _PROCESSORS.add(self)
+        _LIVE[:] = [ref for ref in _LIVE if ref() is not None] + [weakref.ref(self)]
         _timeouts.install()  # the hooks that feed the untimed metrics: process-wide, once
         if hasattr(os, "register_at_fork"):
             os.register_at_fork(after_in_child=functools.partial(_after_fork_in_child, weakref.ref(self)))
@@ -386,6 +387,8 @@ def _metric_names(wanted: Collection[str]) -> frozenset[str]:
 
 
 _PROCESSORS: weakref.WeakSet[BudgetSpanProcessor] = weakref.WeakSet()
+# The same as a plain list, for the per-statement lookups of `_untimed` (iterating a WeakSet costs ~10x more).
+_LIVE: list[weakref.ref[BudgetSpanProcessor]] = []
 
 
 def current_tally() -> tuple[BudgetSpanProcessor, ScopeTally] | None:
@@ -421,8 +424,9 @@ def untimed_connection(connection: object, describe: Callable[[], Mapping[str, s
 
 def _untimed(span: ReadableSpan, slot: int, key: int, describe: Callable[[], Mapping[str, str]]) -> None:
     span_id = _id_of(span)
-    for processor in list(_PROCESSORS):
-        owner = processor.tally_for(span_id)
+    for ref in _LIVE:
+        processor = ref()
+        owner = processor._spans.get(span_id) if processor is not None else None
         if owner is not None and not owner.closed:
             owner.add_untimed(slot, key, describe, time.time_ns())
             return
