@@ -41,6 +41,7 @@ INSTRUMENTORS = (
     ("opentelemetry.instrumentation.requests", "RequestsInstrumentor"),
     ("opentelemetry.instrumentation.httpx", "HTTPXClientInstrumentor"),
     ("opentelemetry.instrumentation.urllib3", "URLLib3Instrumentor"),
+    ("opentelemetry.instrumentation.urllib", "URLLibInstrumentor"),
     ("opentelemetry.instrumentation.celery", "CeleryInstrumentor"),
 )
 
@@ -66,7 +67,8 @@ def load_config_or_default(path: str | None = None) -> tuple[BudgetConfig, str |
         return load_config(path), None
     except ConfigError as exc:
         logger.error(
-            "otel-budget: budgets file unusable, running on built-in defaults (db.repeated_queries = 5) "
+            "otel-budget: budgets file unusable, running on built-in defaults (db.repeated_queries = 5, "
+            "external.untimed_calls = 0) "
             "until it is fixed; every scope span carries budget.config_error:\n%s",
             exc,
         )

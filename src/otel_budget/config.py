@@ -36,8 +36,9 @@ __all__ = [
 ]
 
 BUILTIN_SOURCE = "<built-in defaults>"
-# With no file: measure everything, enforce only the N+1 threshold.
-DEFAULT_LIMITS: Mapping[str, float] = {names.DB_REPEATED_QUERIES: 5}
+# With no file: measure everything, enforce only the N+1 threshold and the zen's "every external call has
+# a timeout". A file's sections start from these (and may lift them).
+DEFAULT_LIMITS: Mapping[str, float] = {names.DB_REPEATED_QUERIES: 5, names.EXTERNAL_UNTIMED_CALLS: 0}
 
 SECTIONS = {names.RULE_HTTP: "route", names.RULE_CELERY: "task", names.RULE_SCOPE: None}
 HTTP_METHODS = ("CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE")

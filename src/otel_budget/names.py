@@ -15,6 +15,8 @@ DB_REPEATED_QUERIES = "db.repeated_queries"
 EXTERNAL_CALLS = "external.calls"
 EXTERNAL_DURATION_MS = "external.duration_ms"
 TASKS_ENQUEUED = "tasks.enqueued"
+EXTERNAL_UNTIMED_CALLS = "external.untimed_calls"
+DB_UNTIMED_CONNECTIONS = "db.untimed_connections"
 
 FIXED_METRICS = (
     DURATION_MS,
@@ -27,11 +29,15 @@ FIXED_METRICS = (
     EXTERNAL_CALLS,
     EXTERNAL_DURATION_MS,
     TASKS_ENQUEUED,
+    EXTERNAL_UNTIMED_CALLS,
+    DB_UNTIMED_CONNECTIONS,
 )
 # Metrics known only when the scope ends; their events carry the scope's end time.
 END_ONLY_METRICS = frozenset({DURATION_MS, CPU_MS, MEMORY_GROWTH_MB, MEMORY_PEAK_GROWTH_MB})
 # Metrics whose value is an integer count.
-COUNT_METRICS = frozenset({DB_QUERIES, DB_REPEATED_QUERIES, EXTERNAL_CALLS, TASKS_ENQUEUED})
+COUNT_METRICS = frozenset(
+    {DB_QUERIES, DB_REPEATED_QUERIES, EXTERNAL_CALLS, TASKS_ENQUEUED, EXTERNAL_UNTIMED_CALLS, DB_UNTIMED_CONNECTIONS}
+)
 
 # `db.system` values with per-system metrics `db.<system>.queries` / `db.<system>.duration_ms`
 # (the OpenTelemetry semantic conventions' list, plus the stable names that differ).
@@ -77,7 +83,15 @@ EVENT_LIMIT = "budget.limit"
 EVENT_ACTUAL = "budget.actual"
 EVENT_RULE = "budget.rule"
 EVENT_STATEMENT = "budget.statement"
-
+# What an untimed call or connection was: `Violation.details` keys (`library`, `target` as host:port,
+# `call_site` as file:line) under PREFIX.
+DETAIL_LIBRARY = "library"
+DETAIL_TARGET = "target"
+DETAIL_CALL_SITE = "call_site"
+EVENT_LIBRARY = PREFIX + DETAIL_LIBRARY
+EVENT_TARGET = PREFIX + DETAIL_TARGET
+EVENT_CALL_SITE = PREFIX + DETAIL_CALL_SITE
+EVENT_DETAILS = (EVENT_LIBRARY, EVENT_TARGET, EVENT_CALL_SITE)
 
 
 class ScopeKind(str, enum.Enum):

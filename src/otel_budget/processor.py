@@ -27,7 +27,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.trace import SpanKind
 
-from otel_budget import _sdkspan, names, tally, verdict
+from otel_budget import _sdkspan, _timeouts, names, tally, verdict
 from otel_budget._held import DEFAULT_MAX_HELD, DEFAULT_MAX_HELD_PER_SCOPE, HeldSpans
 from otel_budget._metrics import BudgetMetrics
 from otel_budget._ratelimit import log_exception
@@ -37,7 +37,7 @@ from otel_budget.results import ScopeResult
 from otel_budget.sinks import Listener, Listeners, write_to_span
 from otel_budget.tally import ScopeTally, first
 
-__all__ = ["BudgetSpanProcessor", "ScopeTally", "current_tally"]
+__all__ = ["BudgetSpanProcessor", "ScopeTally", "current_tally", "untimed_call", "untimed_connection"]
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +52,8 @@ _HTTP_METHOD = names.HTTP_METHOD
 _SCOPE_NAME = names.SCOPE_NAME
 _KILLED = names.ATTR_KILLED
 _TASKS_ENQUEUED = tally.slot_of(names.TASKS_ENQUEUED)
+_UNTIMED_CALLS = tally.slot_of(names.EXTERNAL_UNTIMED_CALLS)
+_UNTIMED_CONNECTIONS = tally.slot_of(names.DB_UNTIMED_CONNECTIONS)
 _kind_of = _sdkspan.kind
 _id_of = _sdkspan.span_id
 _name_of = _sdkspan.name
@@ -113,6 +115,9 @@ class _EndScope:
 class BudgetSpanProcessor(SpanProcessor):
     """Tallies every span under a scope and checks the scope against its budgets when it ends.
 
+    Making one also puts the timeout hooks on the installed HTTP and DB client libraries, once per
+    process (`_timeouts.install`): they feed `external.untimed_calls` and `db.untimed_connections`.
+
     Args:
         config: the budgets; default: built-in defaults (N+1 only).
         config_error: why the configured file could not be used; shown on every scope span.
@@ -158,6 +163,8 @@ class BudgetSpanProcessor(SpanProcessor):
             histograms = None if record_metrics is True else _metric_names(record_metrics)
             self._metrics = BudgetMetrics(meter_provider, histograms)
         _PROCESSORS.add(self)
+        _LIVE[:] = [ref for ref in _LIVE if ref() is not None] + [weakref.ref(self)]
+        _timeouts.install()  # the hooks that feed the untimed metrics: process-wide, once
         if hasattr(os, "register_at_fork"):
             os.register_at_fork(after_in_child=functools.partial(_after_fork_in_child, weakref.ref(self)))
 
@@ -402,6 +409,7 @@ class BudgetSpanProcessor(SpanProcessor):
             trace_id=context.trace_id,
             span_id=context.span_id,
             config_error=self.config_error,
+            details=scope.untimed_details(rule.limits) if scope.untimed else None,
         )
 
     def _evict_oldest(self) -> None:
@@ -461,6 +469,8 @@ def _metric_names(wanted: Collection[str]) -> frozenset[str]:
 
 
 _PROCESSORS: weakref.WeakSet[BudgetSpanProcessor] = weakref.WeakSet()
+# The same as a plain list, for the per-statement lookups of `_untimed` (iterating a WeakSet costs ~10x more).
+_LIVE: list[weakref.ref[BudgetSpanProcessor]] = []
 
 
 def current_tally() -> tuple[BudgetSpanProcessor, ScopeTally] | None:
@@ -473,3 +483,32 @@ def current_tally() -> tuple[BudgetSpanProcessor, ScopeTally] | None:
         if found is not None:
             return processor, found
     return None
+
+
+# -- untimed calls and connections (the hooks in `_timeouts.py` call these) ------------------------------
+def untimed_call(describe: Callable[[], Mapping[str, str]]) -> None:
+    """The HTTP client span now current makes its request with no timeout: counted once in its scope.
+
+    Only a CLIENT span counts (so only calls `external.calls` counts): a call from a library that is not
+    instrumented has its caller's span as the current one.
+    """
+    span = trace.get_current_span()
+    if isinstance(span, ReadableSpan) and _kind_of(span) is _CLIENT:
+        _untimed(span, _UNTIMED_CALLS, _id_of(span), describe)
+
+
+def untimed_connection(connection: object, describe: Callable[[], Mapping[str, str]]) -> None:
+    """The current span's scope uses `connection`, which has no timeout: counted once per scope."""
+    span = trace.get_current_span()
+    if isinstance(span, ReadableSpan):
+        _untimed(span, _UNTIMED_CONNECTIONS, id(connection), describe)
+
+
+def _untimed(span: ReadableSpan, slot: int, key: int, describe: Callable[[], Mapping[str, str]]) -> None:
+    span_id = _id_of(span)
+    for ref in _LIVE:
+        processor = ref()
+        owner = processor._spans.get(span_id) if processor is not None else None
+        if owner is not None and not owner.closed:
+            owner.add_untimed(slot, key, describe, time.time_ns())
+            return

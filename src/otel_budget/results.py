@@ -20,11 +20,15 @@ class Violation:
     rule: str
     timestamp_ns: int
     statement: str | None = None
+    # For an untimed call or connection: `library`, `target` (host:port) and `call_site` (file:line).
+    details: Mapping[str, str] | None = None
 
     def describe(self) -> str:
         text = f"{self.metric} = {_fmt(self.actual)} > limit {_fmt(self.limit)} (rule {self.rule})"
         if self.statement:
             text += f"\n      statement: {self.statement}"
+        if self.details:
+            text += "\n      " + ", ".join(f"{key}: {value}" for key, value in self.details.items())
         return text
 
 

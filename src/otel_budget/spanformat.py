@@ -77,6 +77,8 @@ def encode_events(result: ScopeResult) -> list[Event]:
         }
         if violation.statement is not None:
             event[names.EVENT_STATEMENT] = violation.statement
+        if violation.details:
+            event.update({names.PREFIX + key: value for key, value in violation.details.items()})
         events.append((names.EVENT_EXCEEDED, event, violation.timestamp_ns))
     return events
 
@@ -151,6 +153,7 @@ def decode_span(span: ReadableSpan, service: str | None = None) -> ScopeResult |
 
 def _violation(fields: Mapping[str, Any], timestamp_ns: int) -> Violation:
     statement = fields.get(names.EVENT_STATEMENT)
+    details = {key[len(names.PREFIX) :]: str(fields[key]) for key in names.EVENT_DETAILS if fields.get(key) is not None}
     return Violation(
         metric=str(fields.get(names.EVENT_METRIC, "")),
         limit=float(fields.get(names.EVENT_LIMIT, 0)),
@@ -158,6 +161,7 @@ def _violation(fields: Mapping[str, Any], timestamp_ns: int) -> Violation:
         rule=str(fields.get(names.EVENT_RULE, "")),
         timestamp_ns=int(timestamp_ns),
         statement=str(statement) if statement else None,
+        details=details or None,
     )
 
 

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
@@ -36,6 +36,8 @@ NS_PER_MS = 1e6
 MIB = 1024.0 * 1024.0
 MAX_STATEMENTS = 512  # distinct normalised statements remembered per scope
 DRAIN_EVERY = 16  # CLIENT spans queued per scope before they are counted (it bounds the spans we hold)
+MAX_UNTIMED_KEYS = 512  # untimed calls (span ids) and connections (ids) a scope remembers, to count each once
+MAX_UNTIMED_DETAILS = 16  # untimed calls/connections per metric whose details (library, target, call site) are kept
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,8 @@ COUNTED: tuple[Counted, ...] = (
     Counted(names.EXTERNAL_CALLS),
     Counted(names.EXTERNAL_DURATION_MS, NS_PER_MS),
     Counted(names.TASKS_ENQUEUED),
+    Counted(names.EXTERNAL_UNTIMED_CALLS),  # fed by `add_untimed` (the hooks in `_timeouts.py`)
+    Counted(names.DB_UNTIMED_CONNECTIONS, merged=False),  # once per connection: merged by `merge_into`
 )
 _SLOTS = {row.metric: slot for slot, row in enumerate(COUNTED)}
 _METRICS = tuple(row.metric for row in COUNTED)
@@ -118,6 +122,7 @@ class ScopeTally:
         "kind", "name", "span", "span_id", "parent", "closed", "lock", "rule", "rule_final", "code_limits",
         "start_ns", "rss_start", "peak_start", "cpu_start", "thread_id", "counts", "limits", "lim_systems",
         "systems", "statements", "max_statement", "crossed", "open_spans", "pending", "held", "held_overflow",
+        "untimed_keys", "untimed",
     )  # fmt: skip
 
     def __init__(self, kind: ScopeKind, name: str, span: Span, parent: ScopeTally | None) -> None:
@@ -152,6 +157,10 @@ class ScopeTally:
         # An unsampled scope's ended spans, exported if it ends over budget (`_held.HeldSpans`); else None.
         self.held: list[ReadableSpan] | None = None
         self.held_overflow = 0  # its spans not held (a cap was reached)
+        # Untimed calls and connections counted (slot, key), and the details of the first few per slot, by
+        # their 1-based rank (the event names the one that crossed the limit); made with the first one.
+        self.untimed_keys: set[tuple[int, int]] | None = None
+        self.untimed: dict[int, list[tuple[int, Mapping[str, str]]]] | None = None
 
     # -- child spans ----------------------------------------------------------------------------------
     def adopt(self, span_id: int) -> None:
@@ -264,6 +273,43 @@ class ScopeTally:
         with self.lock:
             self._add(slot, amount, at_ns)
 
+    def add_untimed(self, slot: int, key: int, describe: Callable[[], Mapping[str, str]], at_ns: int) -> None:
+        """One untimed call (`key`: its span id) or connection (its `id`), counted once per key in this scope.
+
+        `describe()` gives its details; it is called only for the first few and for the one that crosses
+        the limit in force, so a scope whose limit is lifted pays for a count only.
+        """
+        keys = self.untimed_keys
+        if keys is not None and (slot, key) in keys:  # seen (the usual case per statement): no lock
+            return
+        with self.lock:
+            keys = self.untimed_keys
+            if keys is None:
+                keys = self.untimed_keys = set()
+                self.untimed = {}
+            if (slot, key) in keys:
+                return
+            if len(keys) < MAX_UNTIMED_KEYS:
+                keys.add((slot, key))
+            rank = self.counts[slot] + 1
+            kept = self.untimed.setdefault(slot, [])  # type: ignore[union-attr]  # made with `untimed_keys`
+            if len(kept) < MAX_UNTIMED_DETAILS or rank > self.limits[slot]:
+                kept.append((rank, describe()))
+            self._add(slot, 1, at_ns)
+
+    def untimed_details(self, limits: Mapping[str, float]) -> dict[str, Mapping[str, str]]:
+        """metric -> the details of the untimed call/connection that took it over `limits` (or the nearest kept)."""
+        found: dict[str, Mapping[str, str]] = {}
+        for slot, kept in (self.untimed or {}).items():
+            metric = COUNTED[slot].metric
+            limit = limits.get(metric)
+            if limit is None or not kept:
+                continue
+            crossing = int(limit) + 1  # the rank of the call that went over the limit
+            before = [details for rank, details in kept if rank <= crossing]
+            found[metric] = before[-1] if before else kept[0][1]
+        return found
+
     def _add(self, slot: int, amount: int, at_ns: int) -> None:
         counts = self.counts
         counts[slot] += amount
@@ -342,8 +388,22 @@ class ScopeTally:
                 outer.statements[key] = repeats
                 if repeats > outer_counts[REPEATS]:
                     outer_counts[REPEATS], outer.max_statement = repeats, key
+            self._merge_untimed(outer)
         if outer.rule is not None:
             outer.recheck(end_ns)
+
+    def _merge_untimed(self, outer: ScopeTally) -> None:
+        """A connection used by the nested and the outer scope counts once in the outer one (under its lock)."""
+        if not self.untimed_keys:
+            return
+        if outer.untimed_keys is None:
+            outer.untimed_keys, outer.untimed = set(), {}
+        for slot, key in self.untimed_keys:
+            if (slot, key) not in outer.untimed_keys:
+                if len(outer.untimed_keys) < MAX_UNTIMED_KEYS:
+                    outer.untimed_keys.add((slot, key))
+                if not COUNTED[slot].merged:
+                    outer.counts[slot] += 1
 
     def measure(self, end_ns: int) -> dict[str, float]:
         """Every metric of the scope as it ends at `end_ns`: probes read now, counts as counted."""

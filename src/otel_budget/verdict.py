@@ -21,14 +21,17 @@ def violations(
     crossed: Mapping[str, int] | None,
     end_ns: int,
     statement: str | None,
+    details: Mapping[str, Mapping[str, str]] | None = None,
 ) -> tuple[Violation, ...]:
     """One `Violation` per limit of `rule` that `values` exceed, in the rule's order.
 
     A count or time limit is dated when it was crossed (`crossed`, metric -> ns); the others, known
-    only at the end, at `end_ns`. `statement` is the most repeated one, for `db.repeated_queries`.
+    only at the end, at `end_ns`. `statement` is the most repeated one, for `db.repeated_queries`;
+    `details` (metric -> library, target, call site) name the untimed call or connection behind a metric.
     """
     found = []
     crossed = crossed or {}
+    details = details or {}
     for metric, limit in rule.limits.items():
         actual = values.get(metric, 0)
         if actual > limit:
@@ -40,6 +43,7 @@ def violations(
                     rule=rule.sources.get(metric, rule.name),
                     timestamp_ns=end_ns if metric in names.END_ONLY_METRICS else crossed.get(metric, end_ns),
                     statement=statement if metric == names.DB_REPEATED_QUERIES else None,
+                    details=details.get(metric),
                 )
             )
     return tuple(found)
@@ -58,6 +62,7 @@ def judge(
     trace_id: int,
     span_id: int,
     config_error: str | None = None,
+    details: Mapping[str, Mapping[str, str]] | None = None,
 ) -> ScopeResult:
     """The `ScopeResult` of a scope that ended at `end_ns` with `values` under `rule`."""
     statement = shorten(max_statement) if max_statement else None
@@ -67,7 +72,7 @@ def judge(
         method=method,
         rule=rule.name,
         values=values,
-        violations=violations(rule, values, crossed=crossed, end_ns=end_ns, statement=statement),
+        violations=violations(rule, values, crossed=crossed, end_ns=end_ns, statement=statement, details=details),
         trace_id=trace_id,
         span_id=span_id,
         repeated_statement=statement,

@@ -52,6 +52,7 @@ def test_design_example_http_defaults(tmp_path: Path) -> None:
         "db.repeated_queries": 5,
         "db.duration_ms": 300.0,
         "external.calls": 0,
+        "external.untimed_calls": 0,
         "memory.growth_mb": 50.0,
         "duration_ms": 1000.0,
     }
@@ -91,19 +92,52 @@ def test_task_override(tmp_path: Path) -> None:
     assert config.rule_for("celery", "shop.tasks.other").name == "celery"
 
 
-def test_no_file_enforces_only_n_plus_one(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Without a file every kind gets db.repeated_queries = 5 and nothing else."""
+def test_no_file_enforces_only_n_plus_one_and_timeouts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a file every kind gets db.repeated_queries = 5 and external.untimed_calls = 0, nothing else."""
     monkeypatch.delenv("OTEL_BUDGET_CONFIG", raising=False)
     config = load_config()
     for kind in ("http", "celery", "scope"):
-        assert dict(config.rule_for(kind, "x").limits) == {"db.repeated_queries": 5}
-    assert dict(DEFAULT_LIMITS) == {"db.repeated_queries": 5}
+        assert dict(config.rule_for(kind, "x").limits) == {"db.repeated_queries": 5, "external.untimed_calls": 0}
+    assert dict(DEFAULT_LIMITS) == {"db.repeated_queries": 5, "external.untimed_calls": 0}
 
 
 def test_file_keeps_n_plus_one_default_unless_set() -> None:
-    """A section that does not name db.repeated_queries keeps the built-in 5."""
+    """A section that does not name db.repeated_queries or external.untimed_calls keeps the built-in limits."""
     config = parse_config({"celery": {"duration_ms": 10}})
-    assert dict(config.rule_for("celery", "t").limits) == {"db.repeated_queries": 5, "duration_ms": 10.0}
+    assert dict(config.rule_for("celery", "t").limits) == {
+        "db.repeated_queries": 5,
+        "external.untimed_calls": 0,
+        "duration_ms": 10.0,
+    }
+
+
+def test_untimed_calls_lifted_in_a_section() -> None:
+    """`external.untimed_calls = 1000` in a section lifts the built-in 0 there, and only there."""
+    config = parse_config({"celery": {"external": {"untimed_calls": 1000}}})
+    assert config.rule_for("celery", "t").limits["external.untimed_calls"] == 1000
+    assert config.rule_for("http", "items/").limits["external.untimed_calls"] == 0
+
+
+def test_untimed_connections_not_enforced_unless_set() -> None:
+    """db.untimed_connections has no default limit; a file may set one."""
+    assert "db.untimed_connections" not in parse_config({}).rule_for("http", None).limits
+    config = parse_config({"http": {"db": {"untimed_connections": 2}}})
+    assert config.rule_for("http", None).limits["db.untimed_connections"] == 2
+
+
+@pytest.mark.parametrize("key", ["external.untimed_calls", "db.untimed_connections"])
+def test_negative_untimed_limit_names_file_and_key(tmp_path: Path, key: str) -> None:
+    """A negative limit for the new metrics is the usual error naming the file and the key."""
+    (line,) = problems(tmp_path, f"[http]\n{key} = -1\n")
+    assert line.startswith(f"budgets.toml: http.{key}: "), line
+    assert "negative" in line or ">= 0" in line, line
+
+
+@pytest.mark.parametrize("key", ["external.untimed_calls", "db.untimed_connections"])
+def test_untimed_limits_are_counts(tmp_path: Path, key: str) -> None:
+    """The new metrics are counts: a fractional limit is refused."""
+    (line,) = problems(tmp_path, f"[celery]\n{key} = 1.5\n")
+    assert line.startswith(f"budgets.toml: celery.{key}: "), line
 
 
 def test_env_var_names_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

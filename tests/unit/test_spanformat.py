@@ -88,3 +88,34 @@ def test_event_identity_per_kind() -> None:
         "budget.metric": "db.queries", "budget.limit": 1, "budget.actual": 2, "budget.rule": "celery",
         "celery.task_name": "t.x",
     }  # fmt: skip
+
+
+def test_untimed_call_details_round_trip() -> None:
+    """An untimed call's library, target and call site go out as `budget.*` event attributes and come back."""
+    details = {"library": "requests", "target": "127.0.0.1:8080", "call_site": "shop/views.py:42"}
+    sent = ScopeResult(
+        kind=ScopeKind.HTTP, name="quote/", method="GET", rule="http", values={"external.untimed_calls": 1},
+        violations=(Violation("external.untimed_calls", 0, 1, "http", 9, details=details),), trace_id=1, span_id=2,
+    )  # fmt: skip
+    summary, events = spanformat.encode(sent)
+    ((_, attributes, _),) = events
+    assert {key: attributes[key] for key in ("budget.library", "budget.target", "budget.call_site")} == {
+        "budget.library": "requests", "budget.target": "127.0.0.1:8080", "budget.call_site": "shop/views.py:42",
+    }  # fmt: skip
+    read = spanformat.decode(summary, events, span_name="GET quote/", span_kind="server", trace_id=1, span_id=2)
+    assert read is not None
+    assert read.violations == sent.violations
+    assert read.values == {"external.untimed_calls": 1.0}
+
+
+def test_violation_without_details_has_no_detail_attributes() -> None:
+    """Other violations carry no library, target or call site."""
+    base = ScopeResult(
+        kind=ScopeKind.SCOPE, name="cron", method=None, rule="scope", values={"db.queries": 2},
+        violations=(Violation("db.queries", 1, 2, "scope", 5),), trace_id=1, span_id=2,
+    )  # fmt: skip
+    ((_, attributes, _),) = spanformat.encode_events(base)
+    assert not any(key in attributes for key in ("budget.library", "budget.target", "budget.call_site"))
+    read = spanformat.decode({"budget.violations": 1, "budget.rule": "scope", "budget.scope": "cron"}, [
+        ("budget.exceeded", attributes, 5)], span_name="cron", span_kind="", trace_id=1, span_id=2)
+    assert read is not None and read.violations[0].details is None

@@ -1,0 +1,323 @@
+"""Which external calls and DB connections have no timeout: light hooks on the libraries that tell a scope.
+
+The spans the instrumentations make do not say whether a call had a timeout, so `install` wraps one
+function per client library, at the level where the timeout in force is known:
+
+    HTTP (inside the CLIENT span)   urllib3 `HTTPConnectionPool._make_request` (requests and urllib3),
+                                    httpcore `ConnectionPool.handle_request` (httpx, sync and async),
+                                    urllib `AbstractHTTPHandler.do_open`
+    DB (once per statement)         dbapi `CursorTracer.traced_execution[_async]` (psycopg2, psycopg),
+                                    pymongo `Pool.checkout`, redis-py `ConnectionPool.get_connection`
+                                    (sync and asyncio)
+
+A timed call costs the wrapper and one comparison; an untimed one finds its scope through the current
+span (`processor.untimed_call` / `untimed_connection`). Nothing here runs per span: the DB path of the
+processor is untouched. The hooks never raise into the host.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import logging
+import re
+import socket
+import sys
+import weakref
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from opentelemetry import trace
+
+from otel_budget import names, processor
+from otel_budget._ratelimit import log_exception
+
+__all__ = ["call_site", "install", "installed", "uninstall"]
+
+logger = logging.getLogger(__name__)
+
+# Top-level packages whose frames are not the call site: the HTTP/DB client libraries, ours, OpenTelemetry's.
+_LIBRARY_PACKAGES = frozenset(
+    {
+        "requests", "urllib3", "httpx", "httpcore", "h11", "h2", "anyio", "sniffio", "urllib", "http", "socket",
+        "contextlib", "functools", "wrapt", "otel_budget", "opentelemetry", "psycopg2", "psycopg", "pymongo",
+        "redis", "kombu", "celery", "django",
+    }
+)  # fmt: skip
+_INSTRUMENTATION_PREFIX = "opentelemetry.instrumentation."
+_STATEMENT_TIMEOUT = re.compile(r"statement_timeout\s*=\s*'?([^\s']+)")
+
+
+def call_site(frame: Any = None) -> str:
+    """`file:line` of the first frame outside the client libraries, otel-budget and OpenTelemetry."""
+    frame = frame or sys._getframe(1)
+    while frame is not None:
+        module = frame.f_globals.get("__name__") or ""
+        if module.partition(".")[0] not in _LIBRARY_PACKAGES:
+            return f"{_short_path(frame.f_code.co_filename)}:{frame.f_lineno}"
+        frame = frame.f_back
+    return "?"
+
+
+def _short_path(filename: str) -> str:
+    """The file as imported: relative to the longest `sys.path` entry that holds it."""
+    best = ""
+    for entry in sys.path:
+        if entry and filename.startswith(entry.rstrip("/") + "/") and len(entry) > len(best):
+            best = entry.rstrip("/") + "/"
+    return filename[len(best) :] if best else filename
+
+
+def _unbounded(value: Any) -> bool:
+    """A timeout value that lets a socket wait forever: None, or "the default" while the socket default is None."""
+    if value is None:
+        return True
+    if isinstance(value, (int, float)):
+        return False
+    return socket.getdefaulttimeout() is None  # a library's "default timeout" sentinel
+
+
+def _target(host: Any, port: Any, scheme: Any = "http") -> str:
+    if isinstance(host, bytes):
+        host = host.decode("ascii", "replace")
+    if isinstance(scheme, bytes):
+        scheme = scheme.decode("ascii", "replace")
+    if not port:
+        port = 443 if scheme in ("https", "wss") else 80
+    return f"{host}:{port}"
+
+
+def _describer(library: str, target: Callable[[], str]) -> Callable[[], Mapping[str, str]]:
+    """The details of an untimed call, made only when the scope keeps them (the library from the current span)."""
+
+    def describe() -> Mapping[str, str]:
+        span = trace.get_current_span()
+        scope = getattr(span, "instrumentation_scope", None)
+        scope_name = getattr(scope, "name", "") or ""
+        found = scope_name[len(_INSTRUMENTATION_PREFIX) :] if scope_name.startswith(_INSTRUMENTATION_PREFIX) else ""
+        return {
+            names.DETAIL_LIBRARY: found or library,
+            names.DETAIL_TARGET: target(),
+            names.DETAIL_CALL_SITE: call_site(),
+        }
+
+    return describe
+
+
+def _guarded(check: Callable[..., None]) -> Callable[..., None]:
+    """`check` that never raises into the host."""
+
+    @functools.wraps(check)
+    def guarded(*args: Any) -> None:
+        try:
+            check(*args)
+        except Exception:
+            log_exception(logger, "otel-budget: could not check a timeout; this call is not counted as untimed")
+
+    return guarded
+
+
+# -- HTTP: the checks ---------------------------------------------------------------------------------
+@_guarded
+def _check_urllib3(pool: Any, timeout: Any) -> None:
+    if hasattr(timeout, "total"):  # urllib3.Timeout: unbounded when neither `total` nor `read` bound it
+        if not (_unbounded(timeout.total) and _unbounded(getattr(timeout, "_read", None))):
+            return
+    elif not _unbounded(timeout):
+        return
+    processor.untimed_call(_describer("urllib3", lambda: _target(pool.host, pool.port, pool.scheme)))
+
+
+@_guarded
+def _check_httpcore(request: Any) -> None:
+    timeout = request.extensions.get("timeout")
+    if timeout and timeout.get("read") is not None:
+        return
+    url = request.url
+    processor.untimed_call(_describer("httpx", lambda: _target(url.host, url.port, url.scheme)))
+
+
+@_guarded
+def _check_urllib(request: Any) -> None:
+    if not _unbounded(getattr(request, "timeout", None)):
+        return
+
+    def target() -> str:
+        host, _, port = str(request.host).rpartition(":")
+        if not host or not port.isdigit():  # no port given
+            host, port = str(request.host), ""
+        return _target(host, port, request.type)
+
+    processor.untimed_call(_describer("urllib", target))
+
+
+# -- DB: which connections have no timeout, remembered per connection -----------------------------------
+_TIMED: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
+
+
+def _postgres_timed(connection: Any) -> bool:
+    info = connection.info
+    parameters = info.dsn_parameters if hasattr(info, "dsn_parameters") else info.get_parameters()
+    connect_timeout = str(parameters.get("connect_timeout") or "0")
+    statement = _STATEMENT_TIMEOUT.search(str(parameters.get("options") or ""))
+    return connect_timeout not in ("", "0") or (statement is not None and statement.group(1) not in ("0", "0ms"))
+
+
+def _postgres_target(connection: Any) -> str:
+    info = connection.info
+    parameters = info.dsn_parameters if hasattr(info, "dsn_parameters") else info.get_parameters()
+    return _target(parameters.get("host") or "localhost", parameters.get("port") or 5432)
+
+
+@_guarded
+def _check_cursor(cursor: Any) -> None:
+    connection = getattr(cursor, "connection", None)
+    if connection is None:
+        return
+    timed = _TIMED.get(connection)
+    if timed is None:
+        library = type(connection).__module__.partition(".")[0]
+        timed = _postgres_timed(connection) if library in ("psycopg2", "psycopg") else True
+        _TIMED[connection] = timed
+    if not timed:
+        library = type(connection).__module__.partition(".")[0]
+        processor.untimed_connection(connection, _db_describer(library, lambda: _postgres_target(connection)))
+
+
+@_guarded
+def _check_mongo_pool(pool: Any) -> None:
+    if pool.opts.socket_timeout is not None:
+        return
+    csot = sys.modules.get("pymongo._csot")
+    if csot is not None and csot.get_timeout() is not None:  # timeoutMS (client-wide or `pymongo.timeout()`)
+        return
+    processor.untimed_connection(pool, _db_describer("pymongo", lambda: _target(*pool.address)))
+
+
+@_guarded
+def _check_redis_pool(pool: Any) -> None:
+    kwargs = pool.connection_kwargs
+    if kwargs.get("socket_timeout") is not None:
+        return
+    target = (lambda: str(kwargs["path"])) if kwargs.get("path") else (lambda: _target(kwargs.get("host"), kwargs.get("port")))
+    processor.untimed_connection(pool, _db_describer("redis", target))
+
+
+def _db_describer(library: str, target: Callable[[], str]) -> Callable[[], Mapping[str, str]]:
+    return lambda: {names.DETAIL_LIBRARY: library, names.DETAIL_TARGET: target(), names.DETAIL_CALL_SITE: call_site()}
+
+
+# -- the wrappers, and the patches that own them -----------------------------------------------------
+def _wrap_urllib3(original: Callable[..., Any]) -> Callable[..., Any]:
+    def _make_request(pool: Any, *args: Any, **kwargs: Any) -> Any:
+        _check_urllib3(pool, kwargs["timeout"] if "timeout" in kwargs else args[6] if len(args) > 6 else None)
+        return original(pool, *args, **kwargs)
+
+    return _make_request
+
+
+def _wrap_httpcore(original: Callable[..., Any]) -> Callable[..., Any]:
+    def handle_request(pool: Any, request: Any) -> Any:
+        _check_httpcore(request)
+        return original(pool, request)
+
+    return handle_request
+
+
+def _wrap_httpcore_async(original: Callable[..., Any]) -> Callable[..., Any]:
+    async def handle_async_request(pool: Any, request: Any) -> Any:
+        _check_httpcore(request)
+        return await original(pool, request)
+
+    return handle_async_request
+
+
+def _wrap_urllib(original: Callable[..., Any]) -> Callable[..., Any]:
+    def do_open(handler: Any, http_class: Any, request: Any, **http_conn_args: Any) -> Any:
+        _check_urllib(request)
+        return original(handler, http_class, request, **http_conn_args)
+
+    return do_open
+
+
+def _wrap_cursor(original: Callable[..., Any]) -> Callable[..., Any]:
+    def traced_execution(tracer: Any, cursor: Any, *args: Any, **kwargs: Any) -> Any:
+        _check_cursor(cursor)
+        return original(tracer, cursor, *args, **kwargs)
+
+    return traced_execution
+
+
+def _wrap_pool(check: Callable[[Any], None]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def wrap(original: Callable[..., Any]) -> Callable[..., Any]:
+        def checked(pool: Any, *args: Any, **kwargs: Any) -> Any:
+            check(pool)
+            return original(pool, *args, **kwargs)
+
+        return checked
+
+    return wrap
+
+
+class _Patch:
+    """One method of a library class replaced by our wrapper; `remove` puts the original back."""
+
+    def __init__(self, module: str, owner: str, name: str, wrap: Callable[[Callable[..., Any]], Callable[..., Any]]) -> None:
+        self.module, self.owner_name, self.name, self.wrap = module, owner, name, wrap
+        self.owner: Any = None
+        self.original: Any = None
+        self.wrapper: Any = None
+
+    def install(self) -> bool:
+        try:
+            owner = getattr(importlib.import_module(self.module), self.owner_name)
+        except (ImportError, AttributeError):
+            return False  # the library is not installed (or has another shape): nothing to watch
+        original = owner.__dict__.get(self.name)
+        if original is None:
+            return False
+        self.owner, self.original = owner, original
+        self.wrapper = self.wrap(original)
+        setattr(owner, self.name, self.wrapper)
+        return True
+
+    def remove(self) -> None:
+        if self.owner is not None and self.owner.__dict__.get(self.name) is self.wrapper:
+            setattr(self.owner, self.name, self.original)
+        self.owner = None
+
+
+_PATCHES = (
+    _Patch("urllib3.connectionpool", "HTTPConnectionPool", "_make_request", _wrap_urllib3),
+    _Patch("httpcore", "ConnectionPool", "handle_request", _wrap_httpcore),
+    _Patch("httpcore", "AsyncConnectionPool", "handle_async_request", _wrap_httpcore_async),
+    _Patch("urllib.request", "AbstractHTTPHandler", "do_open", _wrap_urllib),
+    # The async variants return a coroutine or an async context manager: the check is made at the call.
+    _Patch("opentelemetry.instrumentation.dbapi", "CursorTracer", "traced_execution", _wrap_cursor),
+    _Patch("opentelemetry.instrumentation.dbapi", "CursorTracer", "traced_execution_async", _wrap_cursor),
+    _Patch("pymongo.synchronous.pool", "Pool", "checkout", _wrap_pool(_check_mongo_pool)),
+    _Patch("pymongo.asynchronous.pool", "Pool", "checkout", _wrap_pool(_check_mongo_pool)),
+    _Patch("redis.connection", "ConnectionPool", "get_connection", _wrap_pool(_check_redis_pool)),
+    _Patch("redis.connection", "BlockingConnectionPool", "get_connection", _wrap_pool(_check_redis_pool)),
+    _Patch("redis.asyncio.connection", "ConnectionPool", "get_connection", _wrap_pool(_check_redis_pool)),
+    _Patch("redis.asyncio.connection", "BlockingConnectionPool", "get_connection", _wrap_pool(_check_redis_pool)),
+)
+_installed: list[_Patch] = []
+
+
+def install() -> list[str]:
+    """Put the hooks on every installed library (idempotent); the `module.Class.method` names hooked."""
+    if not _installed:
+        _installed.extend(patch for patch in _PATCHES if patch.install())
+        logger.debug("otel-budget: timeout hooks on %s", ", ".join(installed()))
+    return installed()
+
+
+def installed() -> list[str]:
+    return [f"{patch.module}.{patch.owner_name}.{patch.name}" for patch in _installed]
+
+
+def uninstall() -> None:
+    """Take every hook off again."""
+    while _installed:
+        _installed.pop().remove()

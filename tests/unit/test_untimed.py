@@ -1,0 +1,105 @@
+"""Untimed calls and connections, routed to their scope: counted once per call/connection, event details."""
+
+from __future__ import annotations
+
+from opentelemetry.trace import SpanKind
+
+from otel_budget import processor
+from otel_budget._timeouts import _short_path, _target, _unbounded, call_site
+from otel_budget.config import parse_config
+
+
+def _details(n: int) -> dict[str, str]:
+    return {"library": "requests", "target": f"h{n}:80", "call_site": f"app.py:{n}"}
+
+
+def test_untimed_call_counted_once_per_client_span(tracing) -> None:  # type: ignore[no-untyped-def]
+    """Two checks inside one CLIENT span (requests over urllib3, a retry) count one call; the default limit is 0."""
+    with tracing.request("quote/"):
+        with tracing.tracer.start_as_current_span("GET", kind=SpanKind.CLIENT, attributes={"http.request.method": "GET"}):
+            processor.untimed_call(lambda: _details(1))
+            processor.untimed_call(lambda: _details(1))
+        with tracing.tracer.start_as_current_span("GET", kind=SpanKind.CLIENT, attributes={"http.request.method": "GET"}):
+            processor.untimed_call(lambda: _details(2))
+    (result,) = tracing.results
+    assert (result.values["external.calls"], result.values["external.untimed_calls"]) == (2, 2)
+    (violation,) = result.violations
+    assert (violation.metric, violation.limit, violation.actual, violation.rule) == ("external.untimed_calls", 0, 2, "http")
+    assert violation.details == _details(1)  # the first call crossed the limit of 0
+    event = tracing.events("GET quote/")["external.untimed_calls"]
+    assert (event["budget.library"], event["budget.target"], event["budget.call_site"]) == ("requests", "h1:80", "app.py:1")
+
+
+def test_untimed_call_outside_a_client_span_is_not_counted(tracing) -> None:  # type: ignore[no-untyped-def]
+    """A library that is not instrumented makes no CLIENT span: neither `external.calls` nor this counts it."""
+    with tracing.request("quote/"):
+        processor.untimed_call(lambda: _details(1))
+    (result,) = tracing.results
+    assert (result.values["external.calls"], result.values["external.untimed_calls"], result.violations) == (0, 0, ())
+
+
+def test_event_names_the_call_that_crossed_a_lifted_limit(tracing) -> None:  # type: ignore[no-untyped-def]
+    """With `external.untimed_calls = 2` the event names the third untimed call."""
+    tracing.processor.config = parse_config({"http": {"external": {"untimed_calls": 2}}}, source="t.toml")
+    with tracing.request("quote/"):
+        for n in range(1, 5):
+            with tracing.tracer.start_as_current_span("GET", kind=SpanKind.CLIENT, attributes={"http.method": "GET"}):
+                processor.untimed_call(lambda n=n: _details(n))  # type: ignore[misc]
+    (result,) = tracing.results
+    (violation,) = result.violations
+    assert (violation.actual, violation.details) == (4, _details(3))
+
+
+def test_untimed_connection_once_per_connection_not_enforced_by_default(tracing) -> None:  # type: ignore[no-untyped-def]
+    """Each connection counts once per scope; with no limit in the file there is no event."""
+    first, second = object(), object()
+    with tracing.request("items/"):
+        for connection in (first, second, first, first):
+            processor.untimed_connection(connection, lambda: _details(0))
+    (result,) = tracing.results
+    assert (result.values["db.untimed_connections"], result.violations) == (2, ())
+
+
+def test_untimed_connection_event_where_a_file_sets_a_limit(tracing) -> None:  # type: ignore[no-untyped-def]
+    """`db.untimed_connections = 0` in a file: the scope's first untimed connection is an event."""
+    tracing.processor.config = parse_config({"celery": {"db": {"untimed_connections": 0}}}, source="t.toml")
+    with tracing.tracer.start_as_current_span("run/t.x", kind=SpanKind.CONSUMER):
+        processor.untimed_connection(object(), lambda: _details(7))
+    (result,) = tracing.results
+    (violation,) = result.violations
+    assert (violation.metric, violation.actual, violation.details) == ("db.untimed_connections", 1, _details(7))
+
+
+def test_nested_scope_connection_counts_once_in_the_outer(tracing) -> None:  # type: ignore[no-untyped-def]
+    """A connection used in a nested scope and around it is one untimed connection of the outer scope."""
+    from otel_budget import budget_scope
+
+    connection = object()
+    with tracing.request("items/"):
+        processor.untimed_connection(connection, lambda: _details(0))
+        with budget_scope("inner", tracer_provider=tracing.provider):
+            processor.untimed_connection(connection, lambda: _details(0))
+            processor.untimed_connection(object(), lambda: _details(0))
+    inner, outer = tracing.results
+    assert (inner.values["db.untimed_connections"], outer.values["db.untimed_connections"]) == (2, 2)
+
+
+def test_timeout_values() -> None:
+    """None and a library's "default" sentinel (with no socket default) wait forever; numbers do not."""
+    assert (_unbounded(None), _unbounded(3), _unbounded(0.5), _unbounded(object())) == (True, False, False, True)
+
+
+def test_target_is_host_and_port_only() -> None:
+    """host:port, with the scheme's port when none is given."""
+    assert (_target(b"example.com", None, b"https"), _target("127.0.0.1", 8080), _target("h", "", "http")) == (
+        "example.com:443", "127.0.0.1:8080", "h:80",
+    )  # fmt: skip
+
+
+def test_call_site_is_the_first_frame_outside_the_libraries() -> None:
+    """From this test module the call site is this file and line."""
+    import sys
+
+    here = call_site(sys._getframe())
+    assert here.endswith(f"test_untimed.py:{sys._getframe().f_lineno - 1}"), here
+    assert _short_path("/nowhere/x.py") == "/nowhere/x.py"
