@@ -190,10 +190,8 @@ class BudgetSpanProcessor(SpanProcessor):
             elif owner is not None and not owner.closed:
                 self._spans[span_id] = owner
                 owner.adopt(span_id)
-                if not owner.rule_final:  # a request whose route is not known yet: is this the framework's span?
-                    kind = _kind_of(span)
-                    if kind is _INTERNAL or kind is _SERVER:
-                        self._watch_route(owner, span_id, span)
+                if not owner.rule_final:  # a request whose route is not known yet
+                    self._unrouted_child(owner, span_id, span)
         except Exception:
             log_exception(logger, "otel-budget: on_start failed; this span is not counted")
 
@@ -251,6 +249,16 @@ class BudgetSpanProcessor(SpanProcessor):
         _EndScope(self, opened, span).install()
         self._scopes[span_id] = opened
         self._spans[span_id] = opened
+
+    def _unrouted_child(self, scope: ScopeTally, span_id: int, span: Span) -> None:
+        """A span started in a request with no route yet: the route may be on the scope span by now (Django
+        under WSGI: resolved once, so later spans skip this), or this may be the framework's own span."""
+        if scope.span is not None and _attributes(scope.span).get(_HTTP_ROUTE) is not None:
+            self._resolve(scope, _times(span)[0] or time.time_ns())
+            return
+        kind = _kind_of(span)
+        if kind is _INTERNAL or kind is _SERVER:
+            self._watch_route(scope, span_id, span)
 
     def _watch_route(self, scope: ScopeTally, span_id: int, span: Span) -> None:
         """A SERVER/INTERNAL span inside a request with no route yet: the framework's own span may carry it
