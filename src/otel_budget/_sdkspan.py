@@ -29,6 +29,7 @@ __all__ = [
     "kind",
     "name",
     "parent",
+    "scope_name",
     "set_clean_attributes",
     "span_id",
     "started",
@@ -132,11 +133,16 @@ def _fast_ended(span: ReadableSpan) -> tuple[int, SpanKind]:
     return span._context[1], span._kind  # type: ignore[index]
 
 
-def _fast_counted(batch: list[ReadableSpan]) -> list[tuple[Mapping[str, Any], int | None, int | None]]:
-    """(attributes, start, end) of each span of a batch, for `ScopeTally.drain`: one call per batch."""
+Counted = tuple[Mapping[str, Any], int | None, int | None, str, int, int]
+
+
+def _fast_counted(batch: list[ReadableSpan]) -> list[Counted]:
+    """(attributes, start, end, name, parent id or 0, span id) of each span of a batch, for `ScopeTally.drain`:
+    one call per batch."""
     return [
         (found._dict if type(found := span._attributes) is BoundedAttributes else span.attributes or EMPTY,
-         span._start_time, span._end_time)
+         span._start_time, span._end_time, span._name, parent[1] if (parent := span._parent) is not None else 0,
+         span._context[1])  # type: ignore[index]
         for span in batch
     ]  # fmt: skip
 
@@ -183,8 +189,12 @@ def _public_ended(span: ReadableSpan) -> tuple[int, SpanKind]:
     return _public_span_id(span), span.kind
 
 
-def _public_counted(batch: list[ReadableSpan]) -> list[tuple[Mapping[str, Any], int | None, int | None]]:
-    return [(span.attributes or EMPTY, span.start_time, span.end_time) for span in batch]
+def _public_counted(batch: list[ReadableSpan]) -> list[Counted]:
+    return [
+        (span.attributes or EMPTY, span.start_time, span.end_time, span.name,
+         span.parent.span_id if span.parent is not None else 0, _public_span_id(span))
+        for span in batch
+    ]  # fmt: skip
 
 
 parent = _fast_parent if SHAPE_OK else _public_parent
@@ -196,6 +206,12 @@ attributes = _fast_attributes if SHAPE_OK else _public_attributes
 started = _fast_started if SHAPE_OK else _public_started
 ended = _fast_ended if SHAPE_OK else _public_ended
 counted = _fast_counted if SHAPE_OK else _public_counted
+
+
+def scope_name(span: ReadableSpan) -> str | None:
+    """The name of the instrumentation that made `span` (its tracer's instrumentation scope); rarely read."""
+    scope = span.instrumentation_scope
+    return scope.name if scope is not None else None
 
 
 def set_clean_attributes(span: Span, values: dict[str, Any]) -> bool:

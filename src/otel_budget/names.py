@@ -93,6 +93,18 @@ EVENT_TARGET = PREFIX + DETAIL_TARGET
 EVENT_CALL_SITE = PREFIX + DETAIL_CALL_SITE
 EVENT_DETAILS = (EVENT_LIBRARY, EVENT_TARGET, EVENT_CALL_SITE)
 
+# Scope names stay bounded (metric attributes): a request with no route is named `<method> unmatched`,
+# and past MAX_SCOPE_NAMES distinct names in a process, a new one is named SCOPE_NAME_OVERFLOW.
+UNMATCHED_ROUTE = "unmatched"
+SCOPE_NAME_OVERFLOW = "_other"
+MAX_SCOPE_NAMES = 1000
+
+# DB client spans that are not statements: connection and pool spans (SQLAlchemy's `connect`).
+NOT_QUERY_SPANS = frozenset({"connect", "checkout", "checkin", "pool.checkout", "pool.connect"})
+# Instrumentations whose DB client span wraps the driver's without being its parent (both are children of
+# the span current at the call): their span around a driver span with the same statement is not counted.
+SIBLING_LAYERS = frozenset({"opentelemetry.instrumentation.sqlalchemy"})
+
 
 class ScopeKind(str, enum.Enum):
     """What a scope is: an HTTP request, a Celery task, or code the user wrapped in `budget_scope`.

@@ -27,6 +27,8 @@ _SQL_TOKENS = re.compile(
 _IN_LIST = re.compile(r"\(\s*\?(?:\s*,\s*\?)*\s*\)")
 _VALUES_LIST = re.compile(r"(\(\?\))(?:\s*,\s*\(\?\))+")
 _SPACES = re.compile(r"\s+")
+# A savepoint's name is per use (Django's `s140217_x3`): the statement's shape is `SAVEPOINT ?`.
+_SAVEPOINT_NAME = re.compile(r"\b(SAVEPOINT)\s+(?:\"[^\"]*\"|`[^`]*`|\w+)", re.I)
 
 _MONGO_LITERALS = re.compile(
     r"""
@@ -38,6 +40,8 @@ _MONGO_LITERALS = re.compile(
     re.X,
 )
 _MONGO_LIST = re.compile(r"\[\s*\?(?:\s*,\s*\?)*\s*\]")
+# `$or`/`$and` arrays of clauses of one shape collapse like `$in` lists: `[{"a": ?}, {"a": ?}]` -> `[{"a": ?}]`.
+_MONGO_SAME_CLAUSES = re.compile(r"\[\s*(\{(?:[^{}\[\]]|\{[^{}\[\]]*\})*\})(?:\s*,\s*\1)+\s*\]")
 
 # Raw text -> normalised text, per kind (no tuple key to build per lookup); 4096 entries in all.
 # The processor reads SQL_CACHE directly: a repeated statement costs one dict lookup, no call.
@@ -61,6 +65,7 @@ def normalize_sql(statement: str) -> str:
     text = _SPACES.sub(" ", text).strip()
     text = _IN_LIST.sub("(?)", text)
     text = _VALUES_LIST.sub(r"\1", text)
+    text = _SAVEPOINT_NAME.sub(r"\1 ?", text)
     if cut:
         text += " …"
     return _remember(_SQL_CACHE, statement, text)
@@ -84,6 +89,7 @@ def normalize_mongo(operation: str, collection: str, statement: str) -> str:
     if brace >= 0:
         shape = _MONGO_LITERALS.sub(_mongo_literal, statement[brace:])
         shape = _MONGO_LIST.sub("[?]", _SPACES.sub(" ", shape))
+        shape = _MONGO_SAME_CLAUSES.sub(r"[\1]", shape)
     text = " ".join(part for part in (operation, collection, shape) if part)
     return _remember(_MONGO_CACHE, key, text)
 

@@ -45,6 +45,7 @@ _CLIENT = SpanKind.CLIENT
 _PRODUCER = SpanKind.PRODUCER
 _SERVER = SpanKind.SERVER
 _CONSUMER = SpanKind.CONSUMER
+_INTERNAL = SpanKind.INTERNAL
 _HTTP = ScopeKind.HTTP
 _CELERY = ScopeKind.CELERY
 _HTTP_ROUTE = names.HTTP_ROUTE
@@ -54,6 +55,7 @@ _KILLED = names.ATTR_KILLED
 _TASKS_ENQUEUED = tally.slot_of(names.TASKS_ENQUEUED)
 _UNTIMED_CALLS = tally.slot_of(names.EXTERNAL_UNTIMED_CALLS)
 _UNTIMED_CONNECTIONS = tally.slot_of(names.DB_UNTIMED_CONNECTIONS)
+_MAX_ROUTE_SPANS = 8  # open SERVER/INTERNAL spans watched per request for its route
 _kind_of = _sdkspan.kind
 _id_of = _sdkspan.span_id
 _name_of = _sdkspan.name
@@ -157,6 +159,7 @@ class BudgetSpanProcessor(SpanProcessor):
             if sampling != names.SAMPLING_FOLLOW
             else None
         )
+        self._names: set[str] = set()  # distinct scope names reported, at most names.MAX_SCOPE_NAMES
         if record_metrics is False:
             self._metrics: BudgetMetrics | None = None
         else:
@@ -250,6 +253,8 @@ class BudgetSpanProcessor(SpanProcessor):
             elif owner is not None and not owner.closed:
                 self._spans[span_id] = owner
                 owner.adopt(span_id)
+                if not owner.rule_final:  # a request whose route is not known yet
+                    self._unrouted_child(owner, span_id, span)
         except Exception:
             log_exception(logger, "otel-budget: on_start failed; this span is not counted")
 
@@ -288,6 +293,8 @@ class BudgetSpanProcessor(SpanProcessor):
                     owner.drain()
                 return
             owner.close(span_id)
+            if owner.route_spans is not None and owner.route_spans.pop(span_id, None) is not None:
+                self._route_span_ended(owner, span)
             if kind is _PRODUCER:
                 if _attributes(span).get(names.CELERY_ACTION) == "apply_async" or _name_of(span).startswith(
                     "apply_async/"
@@ -315,18 +322,58 @@ class BudgetSpanProcessor(SpanProcessor):
         self._scopes[span_id] = opened
         self._spans[span_id] = opened
 
+    def _unrouted_child(self, scope: ScopeTally, span_id: int, span: Span) -> None:
+        """A span started in a request with no route yet: the route may be on the scope span by now (Django
+        under WSGI: resolved once, so later spans skip this), or this may be the framework's own span."""
+        if scope.span is not None and _attributes(scope.span).get(_HTTP_ROUTE) is not None:
+            self._resolve(scope, _times(span)[0] or time.time_ns())
+            return
+        kind = _kind_of(span)
+        if kind is _INTERNAL or kind is _SERVER:
+            self._watch_route(scope, span_id, span)
+
+    def _watch_route(self, scope: ScopeTally, span_id: int, span: Span) -> None:
+        """A SERVER/INTERNAL span inside a request with no route yet: the framework's own span may carry it
+        (Django's under ASGI's sets it in `process_view`; Flask's at start)."""
+        if _attributes(span).get(_HTTP_ROUTE) is not None:
+            scope.route_spans = {span_id: span}
+            self._resolve(scope, time.time_ns())
+            return
+        watched = scope.route_spans
+        if watched is None:
+            watched = scope.route_spans = {}
+        if len(watched) < _MAX_ROUTE_SPANS:
+            watched[span_id] = span
+
+    def _route_span_ended(self, scope: ScopeTally, span: ReadableSpan) -> None:
+        """A watched span ended: its route, if it got one, is the request's (it cannot change any more)."""
+        if not scope.rule_final and _attributes(span).get(_HTTP_ROUTE) is not None:
+            scope.route_spans = {0: span}  # type: ignore[dict-item]  # read like the open ones
+            self._resolve(scope, _times(span)[1] or time.time_ns())
+
+    def _route(self, scope: ScopeTally, attributes: Mapping[str, Any]) -> str | None:
+        """The request's route: on its own span (Django under WSGI, FastAPI), or on a framework span inside it."""
+        route = attributes.get(_HTTP_ROUTE)
+        if route is None and scope.route_spans:
+            for span in list(scope.route_spans.values()):
+                route = _attributes(span).get(_HTTP_ROUTE)
+                if route is not None:
+                    break
+        if route is None:
+            return None
+        scope.route_spans = None
+        scope.route = route if type(route) is str else str(route)
+        return scope.route
+
     def _resolve(self, scope: ScopeTally, now_ns: int) -> None:
-        """Find the rule for `scope`; for a request, final once Django has set `http.route`."""
+        """Find the rule for `scope`; for a request, final once the framework has set `http.route`."""
         name: str | None = scope.name
         method = None
         if scope.kind is _HTTP and scope.span is not None:
             attributes = _attributes(scope.span)
-            route = attributes.get(_HTTP_ROUTE)
             method = first(attributes, _HTTP_METHOD)
-            if route is not None and type(route) is not str:
-                route = str(route)
-            name = route
-            scope.rule_final = route is not None
+            name = scope.route or self._route(scope, attributes)
+            scope.rule_final = name is not None
         else:
             scope.rule_final = True
         rule = self.rule_for(
@@ -366,6 +413,8 @@ class BudgetSpanProcessor(SpanProcessor):
             scope.drain()
             result = self._result(scope, span, end_ns)
             if writable:
+                if scope.route is not None and _HTTP_ROUTE not in _attributes(span):
+                    span.set_attribute(_HTTP_ROUTE, scope.route)  # found on a framework span inside it
                 write_to_span(span, result)
             if scope.parent is not None and not scope.parent.closed:
                 scope.merge_into(scope.parent, end_ns)
@@ -391,15 +440,14 @@ class BudgetSpanProcessor(SpanProcessor):
         values = scope.measure(end_ns)
         name, method = scope.name, None
         if scope.kind is _HTTP:
-            attributes = _attributes(span)
-            found = first(attributes, _HTTP_METHOD)
+            found = first(_attributes(span), _HTTP_METHOD)
             method = str(found) if found is not None else None
-            if attributes.get(_HTTP_ROUTE) is not None:
-                name = str(attributes[_HTTP_ROUTE])
+            # Never a raw path: a request that matched no route is `<method> unmatched`.
+            name = scope.route or f"{method or 'HTTP'} {names.UNMATCHED_ROUTE}"
         context = span.get_span_context()
         return verdict.judge(
             kind=scope.kind,
-            name=name,
+            name=self._bounded_name(name),
             method=method,
             rule=rule,
             values=values,
@@ -411,6 +459,16 @@ class BudgetSpanProcessor(SpanProcessor):
             config_error=self.config_error,
             details=scope.untimed_details(rule.limits) if scope.untimed else None,
         )
+
+    def _bounded_name(self, name: str) -> str:
+        """`name`, or the overflow name once `MAX_SCOPE_NAMES` others were seen: metric attributes stay bounded."""
+        seen = self._names
+        if name in seen:
+            return name
+        if len(seen) >= names.MAX_SCOPE_NAMES:
+            return names.SCOPE_NAME_OVERFLOW
+        seen.add(name)
+        return name
 
     def _evict_oldest(self) -> None:
         with self._evict_lock:  # two threads at the cap must not evict (or count) the same scope

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -87,6 +88,7 @@ _rss_bytes = _probes.rss_bytes
 _cpu_and_peak = _probes.cpu_and_peak
 _get_ident = threading.get_ident
 _span_facts = _sdkspan.counted
+_NOT_QUERY_SPANS = names.NOT_QUERY_SPANS
 _SQL_SYSTEMS = names.SQL_SYSTEMS
 _DB_SYSTEM_NAME, _DB_SYSTEM_OLD = names.DB_SYSTEM
 _DB_QUERY_TEXT, _DB_STATEMENT_OLD = names.DB_STATEMENT
@@ -122,7 +124,7 @@ class ScopeTally:
         "kind", "name", "span", "span_id", "parent", "closed", "lock", "rule", "rule_final", "code_limits",
         "start_ns", "rss_start", "peak_start", "cpu_start", "thread_id", "counts", "limits", "lim_systems",
         "systems", "statements", "max_statement", "crossed", "open_spans", "pending", "held", "held_overflow",
-        "untimed_keys", "untimed",
+        "untimed_keys", "untimed", "last_db", "last_http", "route", "route_spans",
     )  # fmt: skip
 
     def __init__(self, kind: ScopeKind, name: str, span: Span, parent: ScopeTally | None) -> None:
@@ -138,8 +140,10 @@ class ScopeTally:
         self.code_limits: dict[str, float] | None = None  # dicts that most scopes never need start as None
         self.start_ns: int = span.start_time or time.time_ns()
         self.rss_start = _rss_bytes()
-        # Thread CPU time means nothing for a coroutine sharing its thread with others.
-        self.thread_id = _get_ident() if _running_loop() is None else 0
+        # Thread CPU time means nothing for a coroutine sharing its thread with others, nor for a request
+        # served by an ASGI server (Django's ASGI handler runs its middleware in a `sync_to_async` thread).
+        on_loop = _running_loop() is not None or (kind is ScopeKind.HTTP and _in_sync_to_async_thread())
+        self.thread_id = 0 if on_loop else _get_ident()
         self.cpu_start, self.peak_start = _cpu_and_peak()
         self.counts = [0] * len(COUNTED)
         # The rule's compiled limits, shared until one is crossed (then a list of this scope's own, with `inf` there).
@@ -161,6 +165,13 @@ class ScopeTally:
         # their 1-based rank (the event names the one that crossed the limit); made with the first one.
         self.untimed_keys: set[tuple[int, int]] | None = None
         self.untimed: dict[int, list[tuple[int, Mapping[str, str]]]] | None = None
+        # The last DB and HTTP client span counted (or skipped as an outer layer of it): see `drain`.
+        self.last_db: _sdkspan.Counted | None = None
+        self.last_http: _sdkspan.Counted | None = None
+        # A request's route, once found on its span or a framework span inside it (`processor._resolve`);
+        # the SERVER/INTERNAL spans inside it still open that may yet carry it (Django's span under ASGI's).
+        self.route: str | None = None
+        self.route_spans: dict[int, Span] | None = None
 
     # -- child spans ----------------------------------------------------------------------------------
     def adopt(self, span_id: int) -> None:
@@ -222,15 +233,30 @@ class ScopeTally:
             systems = self.systems
             statements = self.statements
             lim_systems = self.lim_systems
-            for span, (attributes, start_ns, end_ns) in zip(batch, _span_facts(batch)):
+            last_db = self.last_db
+            for span, facts in zip(batch, _span_facts(batch)):
                 try:
+                    attributes, start_ns, end_ns, name, _, _ = facts
                     end_ns = end_ns or 0
-                    ns = end_ns - (start_ns or end_ns)
+                    start_ns = start_ns or end_ns
+                    ns = end_ns - start_ns
                     system = attributes.get(_DB_SYSTEM_NAME) or attributes.get(_DB_SYSTEM_OLD)
                     if not system:
                         if _HTTP_METHOD_NEW in attributes or _HTTP_METHOD_OLD in attributes:
+                            last = self.last_http
+                            self.last_http = facts
+                            if last is not None and start_ns <= (last[1] or 0) and _layered(span, facts, last):
+                                continue  # an outer layer of the call just counted (requests over urllib3)
                             self._add(EXTERNAL_CALLS, 1, end_ns)
                             self._add(EXTERNAL_NS, ns, end_ns)
+                        continue
+                    # One round trip, one count: a DB span around the one just counted is an outer layer
+                    # (SQLAlchemy over psycopg2); the first one to end, closest to the wire, was counted.
+                    if last_db is not None and start_ns <= (last_db[1] or 0) and _layered(span, facts, last_db):
+                        last_db = facts
+                        continue
+                    last_db = facts
+                    if name in _NOT_QUERY_SPANS:  # a connection or pool span, not a statement
                         continue
                     if type(system) is not str:
                         system = "other"
@@ -238,7 +264,7 @@ class ScopeTally:
                     # A statement seen before: its normalised text straight from the cache, without a call.
                     key = SQL_CACHE.get(statement) if type(statement) is str and system in _SQL_SYSTEMS else None
                     if key is None:
-                        key = statement_key(system, attributes, _sdkspan.name(span))
+                        key = statement_key(system, attributes, name)
                 except Exception:
                     log_exception(logger, "otel-budget: could not count a span; it is left out of its scope's tally")
                     continue
@@ -267,6 +293,7 @@ class ScopeTally:
                 if lim_systems and system in lim_systems:
                     self._cross_system(system, per_system, end_ns)
             counts[DB_QUERIES], counts[DB_NS], counts[REPEATS] = queries, db_ns, max_repeat
+            self.last_db = last_db
 
     def add(self, slot: int, amount: int, at_ns: int) -> None:
         """Add `amount` to a counted metric (a span that is not a DB or HTTP client span, such as an enqueued task)."""
@@ -426,6 +453,33 @@ class ScopeTally:
             values.setdefault(queries_metric, 0)
             values.setdefault(duration_metric, 0.0)
         return values
+
+
+def _in_sync_to_async_thread() -> bool:
+    """This thread runs sync code for an event loop (asgiref's `sync_to_async`, as Django's ASGI handler does)."""
+    sync = sys.modules.get("asgiref.sync")
+    return sync is not None and getattr(getattr(sync, "SyncToAsync", None), "threadlocal", None) is not None and (
+        getattr(sync.SyncToAsync.threadlocal, "main_event_loop", None) is not None
+    )
+
+
+def _layered(span: ReadableSpan, outer: _sdkspan.Counted, inner: _sdkspan.Counted) -> bool:
+    """`outer` (the facts of `span`, ended after `inner`) is another layer of `inner`'s round trip: it spans it
+    in time and is its parent, or, from an instrumentation that does not make its span current while the
+    driver runs (SQLAlchemy's: both spans have the request's as parent), its sibling with the same statement."""
+    attributes, start_ns, end_ns, _, parent_id, span_id = outer
+    if (end_ns or 0) < (inner[2] or 0) or (start_ns or 0) > (inner[1] or 0):
+        return False
+    if inner[4] == span_id:
+        return True
+    if inner[4] != parent_id or _sdkspan.scope_name(span) not in names.SIBLING_LAYERS:
+        return False
+    keys = names.DB_STATEMENT + names.HTTP_URL
+    mine, theirs = first(attributes, keys), first(inner[0], keys)
+    if mine is None or theirs is None:
+        return False
+    # sqlcommenter may have commented one layer's text and not the other's: compared without comments.
+    return bool(mine == theirs or (type(mine) is str and type(theirs) is str and normalize_sql(mine) == normalize_sql(theirs)))
 
 
 _SYSTEM_METRICS: dict[str, tuple[str, str]] = {}

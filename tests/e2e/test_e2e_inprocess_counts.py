@@ -44,6 +44,7 @@ class InProcessShop:
     client: Any  # django.test.Client
     exporter: InMemorySpanExporter
     results: list[ScopeResult]
+    provider: TracerProvider | None = None
 
     def request(self, method: str, path: str, **params: str) -> Measured:
         from django.db import connection
@@ -109,7 +110,7 @@ def _instrumented_shop() -> Iterator[InProcessShop]:
     for instrumentor in instrumentors:
         instrumentor.instrument(tracer_provider=provider)
     try:
-        yield InProcessShop(Client(), exporter, results)
+        yield InProcessShop(Client(), exporter, results, provider)
     finally:
         for instrumentor in instrumentors:
             instrumentor.uninstrument()
@@ -183,3 +184,56 @@ def test_in_process_events_match_the_budgets_file(in_process_shop: InProcessShop
         "http.request.method": "GET",
         "budget.statement": "-",
     }
+
+
+def test_timezone_set_on_a_new_connection_is_counted_but_not_in_djangos_capture(in_process_shop: InProcessShop) -> None:
+    """A new connection whose session is not in Django's TIME_ZONE: Django sends `SELECT set_config('TimeZone',
+    ...)` through a cursor (a span, counted) when it connects, before its capture records. Once per connection."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+    from store.models import Product
+
+    assert in_process_shop.provider is not None
+    tracer = in_process_shop.provider.get_tracer("tests")
+    options = connection.settings_dict["OPTIONS"]
+    connection.close()
+    connection.settings_dict["OPTIONS"] = {**options, "options": "-c timezone=Europe/Paris"}
+    captured: list[int] = []
+    in_process_shop.results.clear()
+    try:
+        for _ in range(2):  # a new connection, then the same one
+            with tracer.start_as_current_span("GET tz/", kind=SpanKind.SERVER, attributes={"http.route": "tz/"}):
+                with CaptureQueriesContext(connection) as queries:  # connects first, as the shop's middleware does
+                    for pk in (1, 2, 3):
+                        Product.objects.filter(pk=pk).first()
+            captured.append(len(queries.captured_queries))
+    finally:
+        connection.close()
+        connection.settings_dict["OPTIONS"] = options
+    first, second = in_process_shop.results
+    assert captured == [3, 3]
+    assert (first.values["db.postgresql.queries"], second.values["db.postgresql.queries"]) == (4, 3)
+    assert first.values["db.repeated_queries"] == second.values["db.repeated_queries"] == 3
+
+
+def test_savepoints_are_counted_as_django_captures_them(in_process_shop: InProcessShop) -> None:
+    """Nested atomic(): BEGIN/COMMIT are not counted; SAVEPOINT/RELEASE SAVEPOINT go through a cursor and are."""
+    from django.db import connection, transaction
+    from django.test.utils import CaptureQueriesContext
+    from store.models import Product
+
+    in_process_shop.results.clear()
+    assert in_process_shop.provider is not None
+    tracer = in_process_shop.provider.get_tracer("tests")
+    with CaptureQueriesContext(connection) as queries:
+        with tracer.start_as_current_span("GET savepoints/", kind=SpanKind.SERVER, attributes={"http.route": "sp/"}):
+            with transaction.atomic():
+                Product.objects.first()
+                with transaction.atomic():
+                    Product.objects.count()
+    captured = [q["sql"] for q in queries.captured_queries]
+    (result,) = in_process_shop.results
+    assert captured[0] == "BEGIN" and captured[-1] == "COMMIT"
+    savepoints = [sql for sql in captured if "SAVEPOINT" in sql]
+    assert len(savepoints) == 2  # SAVEPOINT "s..", RELEASE SAVEPOINT "s.."
+    assert result.values["db.postgresql.queries"] == len(captured) - 2 == 4

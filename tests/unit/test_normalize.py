@@ -107,3 +107,20 @@ def test_unterminated_comments_are_linear() -> None:
     normalize_sql("SELECT 1 " + "/*" * 20_000)
     assert time.perf_counter() - started < 1.0
     assert NORMALIZE_MAX_CHARS == 4096
+
+
+def test_savepoint_names_are_normalised() -> None:
+    """Django names each savepoint anew; the statement's shape is `SAVEPOINT ?`."""
+    assert normalize_sql('SAVEPOINT "s140217_x3"') == "SAVEPOINT ?"
+    assert normalize_sql('RELEASE SAVEPOINT "s140217_x4"') == "RELEASE SAVEPOINT ?"
+    assert normalize_sql("ROLLBACK TO SAVEPOINT sp_1") == "ROLLBACK TO SAVEPOINT ?"
+
+
+def test_mongo_or_clauses_of_one_shape_collapse_like_in() -> None:
+    """`$or` of N clauses of the same shape is one shape, whatever N; different shapes stay."""
+    three = normalize_mongo("find", "c", '{"$or": [{"a": 1}, {"a": 2}, {"a": 3}]}')
+    assert three == normalize_mongo("find", "c", '{"$or": [{"a": 9}, {"a": 8}]}') == 'find c {"$or": [{"a": ?}]}'
+    assert normalize_mongo("find", "c", '{"$and": [{"a": {"$gt": 1}}, {"a": {"$gt": 2}}]}') == (
+        'find c {"$and": [{"a": {"$gt": ?}}]}'
+    )
+    assert normalize_mongo("find", "c", '{"$or": [{"a": 1}, {"b": 2}]}') == 'find c {"$or": [{"a": ?}, {"b": ?}]}'
