@@ -73,7 +73,7 @@ class BudgetMetrics:
         attributes = _scope_attributes(result)
         only = self._only
         for metric, value in result.values.items():
-            if only is not None and metric not in only:
+            if metric not in only if only is not None else metric in names.NOT_DEFAULT_HISTOGRAMS:
                 continue
             histogram = self._histograms.get(metric)
             if histogram is None:

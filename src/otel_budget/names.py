@@ -32,6 +32,10 @@ FIXED_METRICS = (
     EXTERNAL_UNTIMED_CALLS,
     DB_UNTIMED_CONNECTIONS,
 )
+# Measured on every scope span but given no histogram unless OTEL_BUDGET_METRICS names them: each histogram
+# is one SDK record per scope (~70 000 instructions, docs/benchmarks.md), and these counts are 0 on almost
+# every scope; their violations are counted by `budget.violations` all the same.
+NOT_DEFAULT_HISTOGRAMS = frozenset({EXTERNAL_UNTIMED_CALLS, DB_UNTIMED_CONNECTIONS})
 # Metrics known only when the scope ends; their events carry the scope's end time.
 END_ONLY_METRICS = frozenset({DURATION_MS, CPU_MS, MEMORY_GROWTH_MB, MEMORY_PEAK_GROWTH_MB})
 # Metrics whose value is an integer count.

@@ -116,3 +116,15 @@ def test_drop_inherited_forgets_our_measurements_only() -> None:
         tracing.db("SELECT 1")
     (point,) = collect(reader)["budget.violations"]
     assert point.value == 1
+
+
+def test_untimed_counts_get_a_histogram_only_when_named() -> None:
+    """By default the two untimed counts are on the span but have no histogram (a record per scope each)."""
+    for chosen, expected in ((True, set()), (("external.untimed_calls",), {"budget.external.untimed_calls"})):
+        reader = InMemoryMetricReader()
+        tracing = make_tracing(record_metrics=chosen, meter_provider=MeterProvider([reader]))
+        with tracing.request(route="books/"):
+            tracing.db("SELECT 1")
+        assert tracing.span("GET books/").attributes["budget.external.untimed_calls"] == 0
+        untimed = {name for name in collect(reader) if "untimed" in name}
+        assert untimed == expected, chosen
