@@ -74,6 +74,15 @@ class Stack:
         return result
 
 
+def _point_pymongo_at(provider: TracerProvider) -> None:
+    """pymongo's instrumentor registers its command listener once per process and keeps the tracer of the
+    first `instrument()`; a later one only re-enables it (the contrib instrumentor's `_instrument`). An
+    earlier test in this process (test_e2e_inprocess_counts) instrumented it first: point it at ours."""
+    listener = PymongoInstrumentor()._commandtracer_instance
+    if listener is not None:
+        listener._tracer = provider.get_tracer("opentelemetry.instrumentation.pymongo")
+
+
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Stack]:
     require_reachable({"PostgreSQL": ("127.0.0.1", 5432), "FerretDB": ("127.0.0.1", 27017), "Redis": ("127.0.0.1", 6379)})
@@ -91,6 +100,7 @@ def stack() -> Iterator[Stack]:
     ]  # fmt: skip
     for instrumentor in instrumentors:
         instrumentor.instrument(tracer_provider=provider)
+    _point_pymongo_at(provider)
     try:
         yield Stack(provider, exporter, processor, f"http://127.0.0.1:{port}/orders/7?token=secret", port)
     finally:
