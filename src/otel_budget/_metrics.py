@@ -10,6 +10,7 @@ from opentelemetry import metrics
 
 from otel_budget import names
 from otel_budget.results import ScopeResult
+from otel_budget.spanformat import scope_identity
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ class BudgetMetrics:
 
     def record(self, result: ScopeResult) -> None:
         meter = self._get_meter()
-        attributes = _scope_attributes(result)
+        attributes = scope_identity(result)  # the same attributes as the scope's events
         only = self._only
         for metric, value in result.values.items():
             if metric not in only if only is not None else metric in names.NOT_DEFAULT_HISTOGRAMS:
@@ -149,14 +150,6 @@ class BudgetMetrics:
             )
             self._meter = meter  # last: another thread seeing it set finds the counters made
         return self._meter
-
-
-def _scope_attributes(result: ScopeResult) -> dict[str, Any]:
-    if result.kind == names.RULE_HTTP:
-        return {names.HTTP_ROUTE: result.name, names.HTTP_REQUEST_METHOD: result.method or ""}
-    if result.kind == names.RULE_CELERY:
-        return {names.CELERY_TASK_NAME: result.name}
-    return {names.SCOPE_NAME: result.name}
 
 
 def _is_ours(instrument: Any) -> bool:
