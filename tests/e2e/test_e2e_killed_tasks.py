@@ -72,8 +72,10 @@ def start_worker(pool: str, tmp_path: Path) -> Iterator[Worker]:
         "OTEL_TRACES_EXPORTER": "otlp",
         "OTEL_METRICS_EXPORTER": "otlp",
         "OTEL_LOGS_EXPORTER": "none",
-        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4317",
-        "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+        # OTLP over HTTP: the pool forks new children after the main process has exported (the killed
+        # reports, its metrics) over gRPC, and gRPC's state does not survive a fork (docs/reference.md).
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318",
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
         "OTEL_BSP_SCHEDULE_DELAY": "200",
         "OTEL_METRIC_EXPORT_INTERVAL": "1000",
         "OTEL_BUDGET_CONFIG": str(budgets),
