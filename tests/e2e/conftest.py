@@ -15,10 +15,10 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from shop_e2e import DATABASES, SHOP_DIR, STACK_SERVICES, ShopClient, ShopTraces, port_open
+from shop_e2e import DATABASES, SHOP_DIR, STACK_SERVICES, ShopClient, ShopTraces, port_open, running
 
 from jaeger_reader import JaegerReader
-from processes import ShopError, ShopProcesses
+from processes import ShopProcesses
 
 
 def _require(services: tuple[tuple[str, int], ...]) -> None:
@@ -67,16 +67,8 @@ def shop_database(databases: None) -> None:
 @pytest.fixture(scope="session")
 def shop(stack_services: None, shop_database: None) -> Iterator[ShopClient]:
     """gunicorn (2 gthread workers) and a Celery worker (prefork, 2), exporting every 200 ms."""
-    processes = ShopProcesses(bsp_delay_ms=200)
-    try:
-        processes.start(timeout=90)
-    except ShopError as exc:
-        processes.stop()
-        pytest.fail(str(exc), pytrace=False)
-    try:
-        yield ShopClient(processes.url)
-    finally:
-        processes.stop()
+    with running(ShopProcesses(bsp_delay_ms=200)) as client:
+        yield client
 
 
 @pytest.fixture(scope="session")

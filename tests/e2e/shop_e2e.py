@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -10,6 +12,7 @@ from typing import Any
 import pytest
 import requests
 from jaeger_reader import ExportedSpan, JaegerError, JaegerReader  # examples/shop
+from processes import ShopError, ShopProcesses  # examples/shop
 
 SHOP_DIR = Path(__file__).resolve().parents[2] / "examples" / "shop"
 
@@ -22,6 +25,20 @@ STACK_SERVICES = (
     ("Jaeger (query API)", 16686),
 )
 SPAN_TIMEOUT_S = 20.0
+
+
+@contextmanager
+def running(processes: ShopProcesses, timeout: float = 90) -> Iterator[ShopClient]:
+    """The shop's processes started (the test fails, naming why, if they cannot be) and stopped after."""
+    try:
+        processes.start(timeout=timeout)
+    except ShopError as exc:
+        processes.stop()
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        yield ShopClient(processes.url)
+    finally:
+        processes.stop()
 
 
 def port_open(port: int) -> bool:

@@ -14,10 +14,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from shop_e2e import SHOP_DIR, ShopClient
+from shop_e2e import SHOP_DIR, ShopClient, running
 
 from jaeger_reader import ExportedSpan, JaegerReader
-from processes import ShopError, ShopProcesses
+from processes import ShopProcesses
 
 REQUESTS = 20
 SRC = Path(__file__).resolve().parents[2] / "src"
@@ -44,15 +44,8 @@ def sampled_shop(stack_services: None, shop_database: None) -> Iterator[tuple[Sh
             "PYTHONPATH": f"{SHOP_DIR}{os.pathsep}{SRC}",
         },
     )
-    try:
-        processes.start(timeout=90)
-    except ShopError as exc:
-        processes.stop()
-        pytest.fail(str(exc), pytrace=False)
-    try:
-        yield ShopClient(processes.url), service
-    finally:
-        processes.stop()
+    with running(processes) as client:
+        yield client, service
 
 
 def violations(service: str, metric: str) -> float:
