@@ -99,13 +99,14 @@ _HEAD = """<!DOCTYPE html>
 body { font: 14px/1.4 system-ui, sans-serif; margin: 16px 24px; color: #222; background: #fff; }
 h1 { font-size: 20px; margin: 0 0 8px; } h2 { font-size: 16px; margin: 24px 0 8px; }
 .warning { color: #a00; } .empty { color: #666; }
-.offender { margin: 6px 0 10px; } .offender .name { font-weight: 600; }
+.offender { display: flex; gap: 12px; align-items: flex-start; margin: 4px 0 8px; }
+.offender .bars { flex: none; } .offender .about { min-width: 0; } .offender .name { font-weight: 600; }
 .offender .numbers, .trace, .statement { color: #444; font-size: 12px; }
 .statement code, .trace code { background: #f3f3f3; padding: 1px 3px; word-break: break-all; }
 svg text { font: 11px system-ui, sans-serif; fill: #222; }
 svg text.crossing-label { fill: """ + COLOURS["crossing"] + """; font-weight: 600; }
 .waterfall { margin: 8px 0 28px; border-top: 1px solid #ddd; padding-top: 8px; }
-.legend span { display: inline-block; width: 12px; height: 12px; margin: 0 4px 0 12px; vertical-align: -1px; }
+.legend span { display: inline-block; width: 10px; height: 10px; margin: 0 4px 0 12px; vertical-align: -1px; }
 </style></head><body>"""
 
 
@@ -138,10 +139,10 @@ def _offender_row(o: Offender, index: int, jaeger_url: str) -> str:
     over = o.limit is not None and o.p95 > o.limit
     p95_class, p95_colour = ("bar p95 over", COLOURS["p95 over"]) if over else ("bar p95", COLOURS["p95"])
     svg = [f'<svg class="bars" width="{_BAR_W + 2}" height="34" viewBox="0 0 {_BAR_W + 2} 34">']
-    svg.append(f'<rect class="bar p50" data-value="{number(o.p50)}" x="0" y="2" width="{x(o.p50)}" height="14" fill="{COLOURS["p50"]}"/>')
-    svg.append(f'<rect class="{p95_class}" data-value="{number(o.p95)}" x="0" y="18" width="{x(o.p95)}" height="14" fill="{p95_colour}"/>')
+    svg.append(f'<rect class="bar p50" data-value="{_exact(o.p50)}" x="0" y="2" width="{x(o.p50)}" height="14" fill="{COLOURS["p50"]}"/>')
+    svg.append(f'<rect class="{p95_class}" data-value="{_exact(o.p95)}" x="0" y="18" width="{x(o.p95)}" height="14" fill="{p95_colour}"/>')
     if o.limit is not None:
-        svg.append(f'<rect class="limit" data-value="{number(o.limit)}" x="{x(o.limit)}" y="0" width="2" height="34" fill="{COLOURS["limit"]}"/>')
+        svg.append(f'<rect class="limit" data-value="{_exact(o.limit)}" x="{x(o.limit)}" y="0" width="2" height="34" fill="{COLOURS["limit"]}"/>')
     svg.append("</svg>")
     service = f" ({_e(o.service or UNKNOWN_SERVICE)})" if o.service else ""
     limit = number(o.limit) if o.limit is not None else "-"
@@ -154,8 +155,8 @@ def _offender_row(o: Offender, index: int, jaeger_url: str) -> str:
     return (
         f'<div class="offender" id="offender-{index}" data-label="{_e(o.label)}" data-metric="{_e(o.metric)}" '
         f'data-service="{_e(o.service or UNKNOWN_SERVICE)}" data-violations="{o.violations}">'
-        f'<div class="name">{_e(o.label)}{service} — {_e(o.metric)}</div>{"".join(svg)}'
-        f'<div class="numbers">{numbers}</div>{statement}{example}</div>'
+        f'{"".join(svg)}<div class="about"><div class="name">{_e(o.label)}{service} — {_e(o.metric)}</div>'
+        f'<div class="numbers">{numbers}</div>{statement}{example}</div></div>'
     )
 
 
@@ -163,7 +164,8 @@ def _waterfall(w: Waterfall, index: int, jaeger_url: str) -> str:
     scope = w.scope
     crossings = sorted(scope.violations, key=lambda v: v.timestamp_ns)
     head = (
-        f'<div class="waterfall" id="waterfall-{index}" data-trace="{scope.trace_id_hex}" data-label="{_e(scope.label)}" '
+        f'<div class="waterfall" id="waterfall-{index}" data-trace="{scope.trace_id_hex}" '
+        f'data-span="{scope.span_id_hex}" data-label="{_e(scope.label)}" '
         f'data-crossings="{len(crossings)}"><h3>{_e(scope.label)}'
         f'{f" ({_e(scope.service)})" if scope.service else ""}: {len(crossings)} budget(s) exceeded</h3>'
         f'<div class="trace">trace <code>{_e(trace_url(jaeger_url, scope.trace_id_hex))}</code></div>'
@@ -222,7 +224,10 @@ def _waterfall_svg(rows: list[_Row], crossings: Sequence[Violation]) -> str:
     def x(ns: int) -> float:
         return left + min(max(ns - start, 0), span_ns) / span_ns * _AXIS_W
 
-    out = [f'<svg class="waterfall-chart" width="{left + _AXIS_W + 60}" height="{height}">']
+    out = [
+        f'<svg class="waterfall-chart" width="{left + _AXIS_W + 60}" height="{height}" data-axis-left="{left}" '
+        f'data-axis-width="{_AXIS_W}" data-window-ms="{span_ns / 1e6:.3f}">'
+    ]
     for i in range(5):
         tick = left + _AXIS_W * i / 4
         out.append(f'<text x="{tick:.1f}" y="12" text-anchor="middle">{number(round(span_ns * i / 4 / 1e6, 1))} ms</text>')
@@ -240,21 +245,26 @@ def _waterfall_svg(rows: list[_Row], crossings: Sequence[Violation]) -> str:
             f'<rect x="{x(span.start_ns):.1f}" y="{y + 2}" width="{width:.1f}" height="{_ROW_H - 4}" fill="{COLOURS[kind]}"/></g>'
         )
     for i, v in enumerate(crossings):
-        cx = x(v.timestamp_ns)
+        cx = round(x(v.timestamp_ns))  # whole pixels: a crisp 3 px line centred on the moment
         label_y = 28 + _MARKER_H * i
         anchor = "end" if cx > left + _AXIS_W * 0.7 else "start"
         dx = -4 if anchor == "end" else 4
         out.append(
-            f'<g class="crossing" data-metric="{_e(v.metric)}" data-limit="{number(v.limit)}" data-actual="{number(v.actual)}" '
+            f'<g class="crossing" data-metric="{_e(v.metric)}" data-limit="{_exact(v.limit)}" data-actual="{_exact(v.actual)}" '
             f'data-offset-ms="{(v.timestamp_ns - start) / 1e6:.3f}">'
-            f'<rect x="{cx - 1:.1f}" y="{label_y - 10}" width="3" height="{height - label_y + 10}" fill="{COLOURS["crossing"]}"/>'
-            f'<text class="crossing-label" x="{cx + dx:.1f}" y="{label_y}" text-anchor="{anchor}">'
+            f'<rect x="{cx - 1}" y="{label_y - 10}" width="3" height="{height - label_y + 10}" fill="{COLOURS["crossing"]}"/>'
+            f'<text class="crossing-label" x="{cx + dx}" y="{label_y}" text-anchor="{anchor}">'
             f"{_e(v.metric)} &gt; {number(v.limit)}</text></g>"
         )
     out.append("</svg>")
     if hidden > 0:
         out.append(f'<p class="empty">… and {hidden} more span(s) not drawn.</p>')
     return "".join(out)
+
+
+def _exact(value: float) -> str:
+    """The value for a data attribute: every digit (the text shows `number`'s rounding)."""
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
 def _clip(text: str, limit: int) -> str:

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
-from html.parser import HTMLParser
 
 from otel_budget._html import COLOURS, MAX_WATERFALL_SPANS, Waterfall, pick_waterfalls, render_html, waterfalls_for
 from otel_budget.names import ScopeKind
 from otel_budget.report import build_report
 from otel_budget.results import ScopeResult, Violation
 from otel_budget.sources import TraceSpan
+from tests.browser import Dom, parse_dom, select
 
 JAEGER = "http://127.0.0.1:16686"
 MS = 1_000_000
@@ -19,54 +18,8 @@ ROUTE = "orders/<int:pk>/"
 REPEATED = "SELECT * FROM shop_customer WHERE id = ?"
 
 
-@dataclass
-class Element:
-    tag: str
-    attrs: dict[str, str]
-    text: list[str] = field(default_factory=list)
-
-    @property
-    def classes(self) -> set[str]:
-        return set(self.attrs.get("class", "").split())
-
-
-class _Dom(HTMLParser):
-    """Every element, in document order, with its attributes and the text directly inside it."""
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.elements: list[Element] = []
-        self.open: list[Element] = []
-        self.texts: list[str] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        element = Element(tag, {k: v or "" for k, v in attrs})
-        self.elements.append(element)
-        if tag not in ("meta", "br", "rect", "line"):
-            self.open.append(element)
-
-    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self.elements.append(Element(tag, {k: v or "" for k, v in attrs}))
-
-    def handle_endtag(self, tag: str) -> None:
-        while self.open:
-            if self.open.pop().tag == tag:
-                break
-
-    def handle_data(self, data: str) -> None:
-        self.texts.append(data)
-        if self.open:
-            self.open[-1].text.append(data)
-
-
-def dom(page: str) -> _Dom:
-    parser = _Dom()
-    parser.feed(page)
-    return parser
-
-
-def select(page: str, tag: str, *classes: str) -> list[Element]:
-    return [e for e in dom(page).elements if e.tag == tag and set(classes) <= e.classes]
+def dom(page: str) -> Dom:
+    return parse_dom(page)
 
 
 def orders_scope(i: int, *, route: str = ROUTE, statement: str = REPEATED) -> ScopeResult:
@@ -155,7 +108,7 @@ def test_waterfall_marks_each_crossing_at_its_moment() -> None:
     ]
     markers = [e for e in dom(page).elements if e.tag == "rect" and e.attrs.get("fill") == COLOURS["crossing"]]
     # axis: 370 px of labels, 720 px for the 50 ms of the scope span
-    assert [float(m.attrs["x"]) + 1 for m in markers] == [370 + 12 / 50 * 720, 370 + 16 / 50 * 720]
+    assert [int(m.attrs["x"]) + 1 for m in markers] == [round(370 + 12 / 50 * 720), round(370 + 16 / 50 * 720)]
     assert "db.repeated_queries &gt; 5" in page and "db.queries &gt; 8" in page
 
 
