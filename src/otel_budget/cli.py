@@ -110,7 +110,7 @@ def _write_html(
             try:
                 found[scope.trace_id] = read_jaeger_trace(args.jaeger, scope.trace_id_hex)
             except SourceError as exc:
-                progress(f"warning: no waterfall for trace {scope.trace_id_hex}: {exc}")
+                print(f"warning: no waterfall for trace {scope.trace_id_hex}: {exc}", file=sys.stderr)
                 found[scope.trace_id] = str(exc)
     page = render_html(report, waterfalls_for(picked, found), jaeger_url=args.jaeger)
     with open(args.html, "w", encoding="utf-8") as fh:
