@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
@@ -138,6 +139,15 @@ def test_bars_are_the_reports_rows(rendered: Rendered) -> None:
     )  # fmt: skip
     over = [e for e in select(rendered.dom, "rect", "bar", "p95") if "over" in e.classes]
     assert len(over) == sum(o["p95"] > o["limit"] for o in offenders) >= 3
+
+
+def test_the_real_page_is_self_contained(rendered: Rendered) -> None:
+    """Nothing on the page Chromium loaded points anywhere: no script, stylesheet, image, frame or link."""
+    elements = rendered.dom.elements
+    assert not [e.tag for e in elements if e.tag in ("script", "link", "img", "iframe", "object", "embed", "a", "base")]
+    assert not [(e.tag, k, v) for e in elements for k, v in e.attrs.items() if re.search(r"https?:|//|url\(", v)]
+    text = rendered.page.read_text()
+    assert text.count("http://") == sum(t.count("http://") for t in rendered.dom.texts) > 0  # only as text
 
 
 def test_bars_hold_djangos_counts(rendered: Rendered) -> None:
