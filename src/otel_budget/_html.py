@@ -237,8 +237,8 @@ def _waterfall_svg(rows: list[_Row], crossings: Sequence[Violation]) -> str:
         kind = "scope" if span is root else ("repeated" if span.statement_key in repeated else "db") if span.db_system else "span"
         text = span.statement or span.name
         # the normalised statement: `SELECT … FROM t WHERE …` tells the loop apart where the raw column list would not
-        shown = (span.statement_key or span.statement) if span.statement else span.name
-        label = _clip("  " * row.depth + shown, 58)
+        name = (span.statement_key or span.statement) if span.statement else span.name
+        label = _clip("  " * row.depth + name, 58)
         width = max(x(span.end_ns) - x(span.start_ns), 1.0)
         out.append(
             f'<g class="span {kind}" data-name="{_e(span.name)}" data-start-ms="{(span.start_ns - start) / 1e6:.3f}">'
