@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
+import pytest
 from cli_support import run_cli
 
 from tests.browser import parse_dom, select
@@ -63,3 +65,26 @@ def test_unwritable_page(workload_json: Path, tmp_path: Path) -> None:
     assert result.returncode == 1
     assert result.stdout.startswith("otel-budget report: 16 scopes")
     assert result.stderr == f"error: cannot write {tmp_path / 'no' / 'such.html'}: No such file or directory\n"
+
+
+def test_a_trace_jaeger_cannot_give_is_a_warning(
+    workload_json: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Fault injected: Jaeger lists the scopes but cannot give their traces. The page is still written, each
+    waterfall saying why, with a warning on stderr even with -q; the exit status is the report's."""
+    from otel_budget import cli, sources
+
+    scopes = sources.read_otlp_json(str(workload_json))
+    monkeypatch.setattr(sources, "read_jaeger", lambda *a, **k: sources.JaegerRead(scopes, ["shop"], []))
+
+    def no_trace(url: str, trace_id: str, *, timeout: float = 30.0) -> list[sources.TraceSpan]:
+        raise sources.SourceError(f"Jaeger has no trace {trace_id}")
+
+    monkeypatch.setattr(sources, "read_jaeger_trace", no_trace)
+    page = tmp_path / "report.html"
+    assert cli.main(["report", "--html", str(page), "-q"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 5 and all(re.fullmatch(r"warning: no waterfall for trace (\w{32}): Jaeger has no trace \1", e) for e in err)
+    text = page.read_text()
+    assert text.count("The trace could not be read: Jaeger has no trace ") == 5
+    assert select(parse_dom(text), "g", "crossing") == []
