@@ -6,7 +6,7 @@ VPY     := $(VENV)/bin/python
 STACK   := $(PYTHON) stack/stack.py
 PYTEST_ARGS ?=
 
-.PHONY: help venv stack stack-down stack-status stack-build validate-config test demo bench
+.PHONY: help venv stack stack-down stack-status stack-build test-tools validate-config test demo bench
 
 help:
 	@echo "make venv            .venv with otel-budget[all,dev] (re-run when pyproject.toml changes)"
@@ -14,8 +14,9 @@ help:
 	@echo "make stack-status    table of the services"
 	@echo "make stack-down      stop what 'make stack' started"
 	@echo "make stack-build     install packages / build binaries only"
+	@echo "make test-tools      install what the tests need beside the stack (chromium, headless)"
 	@echo "make validate-config check collector-config/config.yaml (and the Prometheus config)"
-	@echo "make test            stack + venv, then pytest"
+	@echo "make test            stack + venv + test-tools, then pytest"
 	@echo "make demo            stack + venv, then examples/demo.py"
 	@echo "make bench           venv + stack, then benchmarks/run.py"
 
@@ -38,11 +39,14 @@ stack-status:
 stack-build:
 	$(STACK) build
 
+test-tools:
+	$(STACK) tools
+
 validate-config:
 	$(STACK) validate-config
 
 # pytest exit code 5 ("no tests collected") is a failure here, not a pass.
-test: stack venv
+test: stack venv test-tools
 	@rc=0; $(VPY) -m pytest tests $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests - failing" >&2; exit 1; fi; \
 	exit $$rc

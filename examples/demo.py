@@ -2,12 +2,14 @@
 """otel-budget demo: run the example shop under real load and show what broke its budgets.
 
     make demo                                # = make stack venv, then this script
-    .venv/bin/python examples/demo.py [--rounds 3] [--keep-running]
+    .venv/bin/python examples/demo.py [--rounds 3] [--keep-running] [--html FILE]
 
 Starts the shop (gunicorn + Celery worker under `opentelemetry-instrument`, budgets from
 examples/shop/budgets.toml), sends a scripted workload to every endpoint, waits for the spans to
 reach Jaeger through the collector, and prints per route and per task what exceeded which
-budget, read back from Jaeger's HTTP API.
+budget, read back from Jaeger's HTTP API. Last, `otel-budget report --html` writes the same run
+as one self-contained HTML page (bars against the limits, the worst traces as waterfalls) and
+the demo prints its path.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ SHOP_DIR = Path(__file__).resolve().parent / "shop"
 sys.path.insert(0, str(SHOP_DIR))
 
 from jaeger_reader import ExportedSpan, JaegerError, JaegerReader  # noqa: E402
-from processes import LOG_DIR, ShopError, ShopProcesses  # noqa: E402
+from processes import BUDGETS_FILE, LOG_DIR, ShopError, ShopProcesses  # noqa: E402
 
 STACK = (
     ("PostgreSQL", 5432),
@@ -39,6 +41,7 @@ STACK = (
     ("Prometheus", 9090),
 )
 PROMETHEUS_EXPORTER = "http://127.0.0.1:8889/metrics"
+HTML_REPORT = Path("/tmp/otel-budget-demo/report.html")
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
@@ -82,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3, help="times each endpoint is hit (default 3)")
     parser.add_argument("--keep-running", action="store_true", help="leave the shop and its worker running")
+    parser.add_argument("--html", type=Path, default=HTML_REPORT, help=f"where the HTML report goes (default {HTML_REPORT})")
     args = parser.parse_args(argv)
 
     down = [f"{name} (127.0.0.1:{port})" for name, port in STACK if not _port_open(port)]
@@ -101,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(f"   shop {shop.url}, partner API {shop.partner_url}, logs {LOG_DIR}/shop-*.log")
     try:
-        return _run(shop, args.rounds)
+        return _run(shop, args.rounds, args.html)
     finally:
         if args.keep_running:
             print(f"\nThe shop is still running ({shop.url}); stop it with: .venv/bin/python {SHOP_DIR}/processes.py stop")
@@ -110,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
             print("\nStopped the shop, its Celery worker and the partner API (--keep-running leaves them up).")
 
 
-def _run(shop: ShopProcesses, rounds: int) -> int:
+def _run(shop: ShopProcesses, rounds: int, html: Path) -> int:
     import requests
 
     session = requests.Session()
@@ -149,7 +153,7 @@ def _run(shop: ShopProcesses, rounds: int) -> int:
     # The apps export their metrics every few seconds: give the last round time to arrive.
     time.sleep(max(0.0, workload_done + shop.metric_export_interval_ms / 1000 + 2 - time.monotonic()))
     _where_next(scopes, jaeger, (shop.web_service, shop.worker_service))
-    return 0
+    return _html_report(html, (shop.web_service, shop.worker_service), start_us)
 
 
 def _has_scopes(tasks: tuple[str, ...]) -> Callable[[list[ExportedSpan]], bool]:
@@ -248,6 +252,25 @@ def _where_next(scopes: list[ExportedSpan], jaeger: JaegerReader, services: tupl
     elif any(events < counter for events, counter in counts.values()):
         print("            (where the first column is lower: events still in the collector's batch, or a batch the")
         print("            delta_to_cumulative processor dropped as out of order; the apps' counter is exact)")
+
+
+def _html_report(path: Path, services: tuple[str, ...], start_us: int) -> int:
+    """`otel-budget report --html` over this run's traces (the lookback starts with the workload)."""
+    _heading("7. the HTML report (otel-budget report --html)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lookback_s = int(time.time() - start_us / 1e6) + 5
+    command = [str(Path(sys.executable).with_name("otel-budget")), "report", "--lookback", f"{lookback_s}s",
+               "--budgets", str(BUDGETS_FILE), "--html", str(path), "--quiet"]  # fmt: skip
+    for service in services:
+        command += ["--service", service]
+    print("   $ otel-budget " + " ".join(command[1:]))
+    done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=False)
+    if done.returncode != 0:
+        print(f"   otel-budget report failed (exit {done.returncode}): {done.stderr.strip()}", file=sys.stderr)
+        return 1
+    print(f"HTML report {path}")
+    print(f"            open file://{path.resolve()} in a browser: one page, no network needed")
+    return 0
 
 
 def _has_jaeger_ui(url: str) -> bool:

@@ -5,6 +5,7 @@ OpenTelemetry Collector and Prometheus, all on 127.0.0.1.
     python3 stack/stack.py down [service...] stop what this script started
     python3 stack/stack.py status            table of service / address / state / pid / log
     python3 stack/stack.py build             install packages and build binaries only
+    python3 stack/stack.py tools             install what the tests need beside it (chromium)
     python3 stack/stack.py validate-config   check the collector (and Prometheus) configuration
     --scaled   the scaled topology: agent + 2 tail-sampling gateways instead of the collector;
                `up --scaled` swaps them in, `up` swaps the collector back, `down --scaled`
@@ -22,12 +23,14 @@ import argparse
 import contextlib
 import fcntl
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from .builds import GO_BINARIES, ensure_built
+from .builds import GO_BINARIES, build_lock, ensure_built
+from .packages import TEST_TOOLS, ensure_packages, missing_packages
 from .processes import listener_pid, pid_alive, pid_cmdline, port_open
 from .progress import StackError, fmt_secs, log
 from .services import (
@@ -246,6 +249,19 @@ def cmd_build(names: list[str], scaled: bool = False) -> int:
     return 0
 
 
+def cmd_tools(_: list[str], scaled: bool = False) -> int:
+    """Install what the tests need beside the services (Chromium, for the HTML report's tests)."""
+    t = time.monotonic()
+    missing = missing_packages(TEST_TOOLS)[0]
+    if missing:
+        with build_lock():
+            ensure_packages(TEST_TOOLS)
+    for tool in TEST_TOOLS:
+        log(f"{'ok ' if shutil.which(tool) else 'missing'} {shutil.which(tool) or tool}")
+    log(f"tools done in {fmt_secs(time.monotonic() - t)}")
+    return 0
+
+
 def cmd_validate(_: list[str], scaled: bool = False) -> int:
     """Check the collectors' configurations (`validate`) and Prometheus' (`promtool check config`)."""
     ensure_built(["collector", "prometheus"])
@@ -262,7 +278,8 @@ def cmd_validate(_: list[str], scaled: bool = False) -> int:
 
 
 COMMANDS: dict[str, Callable[[list[str], bool], int]] = {
-    "up": cmd_up, "down": cmd_down, "status": cmd_status, "build": cmd_build, "validate-config": cmd_validate,
+    "up": cmd_up, "down": cmd_down, "status": cmd_status, "build": cmd_build, "tools": cmd_tools,
+    "validate-config": cmd_validate,
 }
 
 

@@ -1,4 +1,5 @@
-"""Debian packages the stack needs (PostgreSQL 15, Redis, Prometheus), installed without their daemons."""
+"""Debian packages the stack needs (PostgreSQL 15, Redis, Prometheus), installed without their daemons,
+and those the tests need beside it (Chromium, to look at `otel-budget report --html`)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ import time
 from .progress import StackError, fmt_secs, log, run_logged
 from .settings import PG_BIN
 
-__all__ = ["apt_install", "ensure_packages", "missing_packages"]
+__all__ = ["TEST_TOOLS", "apt_install", "ensure_packages", "missing_packages"]
 
+# Not services: what the tests run beside them (`stack.py tools`, `make test`).
+TEST_TOOLS = ["chromium"]
 APT_ESTIMATE = "~1 min"  # first install, measured like the Go builds (docs/stack.md)
 _apt_updated = False
 
@@ -68,6 +71,8 @@ def missing_packages(names: list[str]) -> tuple[list[str], list[str]]:
     if "prometheus" in names and not (shutil.which("prometheus") and shutil.which("promtool")):
         need += ["prometheus"]
         svcs += ["prometheus"]
+    if "chromium" in names and not shutil.which("chromium"):
+        need += ["chromium"]  # headless, for tests/e2e/test_e2e_html_report.py; no daemon
     return need, svcs
 
 

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from otel_budget import names
 from otel_budget.config import BudgetConfig, ConfigError, load_config
 from otel_budget.settings import Settings
+
+if TYPE_CHECKING:
+    from otel_budget.report import Report
+    from otel_budget.results import ScopeResult
+    from otel_budget.sources import TraceSpan
 
 __all__ = ["build_parser", "main"]
 
@@ -31,7 +37,13 @@ def _check_config(args: argparse.Namespace) -> int:
 
 def _report(args: argparse.Namespace) -> int:
     from otel_budget.report import build_report, render_json, render_text
-    from otel_budget.sources import SourceError, UnknownServiceError, parse_lookback, read_jaeger, read_otlp_json
+    from otel_budget.sources import (
+        SourceError,
+        UnknownServiceError,
+        parse_lookback,
+        read_jaeger,
+        read_otlp_json,
+    )
 
     def progress(message: str) -> None:
         if not args.quiet:
@@ -39,6 +51,7 @@ def _report(args: argparse.Namespace) -> int:
 
     budgets: BudgetConfig | None = None
     capped: list[str] = []
+    traces: dict[int, list[TraceSpan]] | None = {} if args.html else None
     budgets_path = args.budgets or Settings.from_env().config_path
     try:
         if budgets_path:
@@ -47,7 +60,7 @@ def _report(args: argparse.Namespace) -> int:
             spans = []
             for path in args.otlp_json:
                 progress(f"reading {path}")
-                spans.extend(read_otlp_json(path))
+                spans.extend(read_otlp_json(path, traces))
             sources = {"from": ", ".join(args.otlp_json)}
         else:
             lookback = parse_lookback(args.lookback)
@@ -67,7 +80,42 @@ def _report(args: argparse.Namespace) -> int:
     report = build_report(spans, budgets=budgets, top=args.top, sources=sources, capped=capped, trace_limit=args.limit)
     render = render_json if args.format == "json" else render_text
     sys.stdout.write(render(report, jaeger_url=args.jaeger))
+    if args.html:
+        try:
+            _write_html(args, report, spans, traces if args.otlp_json else None, progress)
+        except OSError as exc:
+            print(f"error: cannot write {args.html}: {exc.strerror}", file=sys.stderr)
+            return 1
     return 1 if args.fail_on_violation and report.violations else 0
+
+
+def _write_html(
+    args: argparse.Namespace,
+    report: Report,
+    spans: list[ScopeResult],
+    traces: dict[int, list[TraceSpan]] | None,
+    progress: Callable[[str], None],
+) -> None:
+    """The HTML page: `report`, and waterfalls of the worst offenders' traces (from the file, else from Jaeger)."""
+    from otel_budget._html import pick_waterfalls, render_html, waterfalls_for
+    from otel_budget.sources import SourceError, read_jaeger_trace
+
+    picked = pick_waterfalls(report, spans, args.waterfalls)
+    found: dict[int, Sequence[TraceSpan] | str] = dict(traces or {})
+    if traces is None:
+        for scope in picked:
+            if scope.trace_id in found:
+                continue
+            progress(f"jaeger: reading trace {scope.trace_id_hex} for its waterfall")
+            try:
+                found[scope.trace_id] = read_jaeger_trace(args.jaeger, scope.trace_id_hex)
+            except SourceError as exc:
+                print(f"warning: no waterfall for trace {scope.trace_id_hex}: {exc}", file=sys.stderr)
+                found[scope.trace_id] = str(exc)
+    page = render_html(report, waterfalls_for(picked, found), jaeger_url=args.jaeger)
+    with open(args.html, "w", encoding="utf-8") as fh:
+        fh.write(page)
+    progress(f"wrote {args.html} ({len(report.offenders)} row(s), {len(picked)} waterfall(s))")
 
 
 def _jaeger_url(text: str) -> str:
@@ -119,7 +167,8 @@ def _add_report(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         epilog="examples:\n"
         "  otel-budget report                                  # every service in the local Jaeger\n"
         "  otel-budget report --service shop --lookback 30m\n"
-        "  otel-budget report --otlp-json traces.jsonl --format json\n\n"
+        "  otel-budget report --otlp-json traces.jsonl --format json\n"
+        "  otel-budget report --html report.html               # also a self-contained HTML page\n\n"
         "A metric is listed once it has a limit: from its budget.exceeded events, or from the\n"
         f"budgets file (--budgets, default ${names.ENV_CONFIG}), which also lists metrics within budget.\n\n"
         "exit status: 0 report printed; 1 the traces or the budgets file could not be read, or (with\n"
@@ -150,6 +199,15 @@ def _add_report(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     output.add_argument("--budgets", metavar="FILE", help=f"budgets file for limits (default ${names.ENV_CONFIG})")
     output.add_argument("--top", metavar="N", type=_positive, default=20, help="rows to show (default 20)")
     output.add_argument("--format", choices=("text", "json"), default="text", help="output format (default text)")
+    output.add_argument(
+        "--html", metavar="FILE",
+        help="also write a self-contained HTML page to FILE: bars of p50/p95 against the limit, and the "
+        "worst offenders' traces as waterfalls with the moment each limit was crossed",
+    )  # fmt: skip
+    output.add_argument(
+        "--waterfalls", metavar="N", type=_positive, default=5,
+        help="waterfalls in the --html page: the traces of the N worst offenders (default 5)",
+    )  # fmt: skip
     output.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     output.add_argument(
         "--fail-on-violation", action="store_true",

@@ -19,17 +19,23 @@ from dataclasses import dataclass
 from typing import Any
 
 from otel_budget import names, spanformat
+from otel_budget.normalize import shorten
 from otel_budget.results import ScopeResult
+from otel_budget.tally import statement_key
 
 __all__ = [
     "JaegerRead",
     "SourceError",
+    "TraceSpan",
     "UnknownServiceError",
     "parse_lookback",
     "read_jaeger",
+    "read_jaeger_trace",
     "read_otlp_json",
     "scope_spans_from_jaeger",
     "scope_spans_from_otlp",
+    "trace_spans_from_jaeger",
+    "trace_spans_from_otlp",
 ]
 
 _LOOKBACK = re.compile(r"^(\d+)([smhdw])$")
@@ -54,6 +60,41 @@ class JaegerRead:
     spans: list[ScopeResult]
     services: list[str]
     capped: list[str]  # services whose answer held `limit` traces: older ones in the lookback were not read
+
+
+@dataclass(frozen=True)
+class TraceSpan:
+    """One span of a trace, as much of it as a waterfall shows."""
+
+    span_id: int
+    parent_id: int  # 0 for a root span
+    name: str
+    service: str
+    start_ns: int
+    end_ns: int
+    statement: str | None = None  # `db.query.text` / `db.statement` of a DB client span
+    db_system: str | None = None
+    statement_key: str | None = None  # what the processor counts repeats on, as a budget.statement names it
+    scope: bool = False  # a scope span (it carries `budget.violations`)
+
+
+def _trace_span(
+    attributes: Mapping[str, Any], *, span_id: int, parent_id: int, name: str, service: str, start_ns: int, end_ns: int
+) -> TraceSpan:
+    statement = next((attributes[key] for key in names.DB_STATEMENT if attributes.get(key) is not None), None)
+    system = next((attributes[key] for key in names.DB_SYSTEM if attributes.get(key) is not None), None)
+    return TraceSpan(
+        span_id=span_id,
+        parent_id=parent_id,
+        name=name,
+        service=service,
+        start_ns=start_ns,
+        end_ns=max(start_ns, end_ns),
+        statement=str(statement) if statement is not None else None,
+        db_system=str(system) if system is not None else None,
+        statement_key=shorten(statement_key(str(system), attributes, name)) if system is not None else None,
+        scope=names.ATTR_VIOLATIONS in attributes,
+    )
 
 
 def parse_lookback(text: str) -> int:
@@ -150,6 +191,42 @@ def scope_spans_from_jaeger(traces: Iterable[Mapping[str, Any]]) -> Iterator[Sco
                 yield scope
 
 
+def read_jaeger_trace(url: str, trace_id: str, *, timeout: float = 30.0) -> list[TraceSpan]:
+    """Every span of one trace (`/api/traces/{id}`).
+
+    Raises:
+        SourceError: Jaeger cannot be reached, answers with an error, or does not have the trace.
+    """
+    data = _get_json(f"{url.rstrip('/')}/api/traces/{trace_id}", timeout).get("data") or []
+    if not data:
+        raise SourceError(f"Jaeger has no trace {trace_id}")
+    return [span for trace in data for span in trace_spans_from_jaeger(trace)]
+
+
+def trace_spans_from_jaeger(trace: Mapping[str, Any]) -> list[TraceSpan]:
+    """The spans of one trace in Jaeger's v1 JSON (an element of `/api/traces` → `data`)."""
+    processes = trace.get("processes") or {}
+    spans = []
+    for span in trace.get("spans") or []:
+        attributes = {tag["key"]: tag.get("value") for tag in span.get("tags") or []}
+        parent = next(
+            (ref.get("spanID", "") for ref in span.get("references") or [] if ref.get("refType") == "CHILD_OF"), ""
+        )
+        start_ns = int(span.get("startTime", 0)) * 1000
+        spans.append(
+            _trace_span(
+                attributes,
+                span_id=_int_id(span.get("spanID", "")),
+                parent_id=_int_id(parent),
+                name=str(span.get("operationName", "")),
+                service=str(processes.get(span.get("processID"), {}).get("serviceName", "")),
+                start_ns=start_ns,
+                end_ns=start_ns + int(span.get("duration", 0)) * 1000,
+            )
+        )
+    return spans
+
+
 def _get_json(url: str, timeout: float) -> dict[str, Any]:
     request = urllib.request.Request(url, headers={"Accept": "application/json"})
     try:
@@ -174,9 +251,12 @@ def _get_json(url: str, timeout: float) -> dict[str, Any]:
 
 
 # -- OTLP/JSON ----------------------------------------------------------------------------------------------
-def read_otlp_json(path: str) -> list[ScopeResult]:
+def read_otlp_json(path: str, traces: dict[int, list[TraceSpan]] | None = None) -> list[ScopeResult]:
     """Scope spans in an OTLP/JSON file: the collector's file exporter (one request per line),
     Jaeger's `/api/v3/traces` answer, or a single `{"resourceSpans": [...]}` document; `-` reads stdin.
+
+    Args:
+        traces: when given, every span of the file is added to it by trace id too (for waterfalls).
 
     Raises:
         SourceError: the file cannot be read or holds no OTLP/JSON traces.
@@ -193,6 +273,9 @@ def read_otlp_json(path: str) -> list[ScopeResult]:
     spans: list[ScopeResult] = []
     for document in documents:
         spans.extend(scope_spans_from_otlp(document))
+        if traces is not None:
+            for trace_id, members in trace_spans_from_otlp(document).items():
+                traces.setdefault(trace_id, []).extend(members)
     return spans
 
 
@@ -246,6 +329,30 @@ def scope_spans_from_otlp(document: Any) -> Iterator[ScopeResult]:
                 )
                 if scope is not None:
                     yield scope
+
+
+def trace_spans_from_otlp(document: Any) -> dict[int, list[TraceSpan]]:
+    """Every span in one OTLP/JSON document, by trace id (for the HTML report's waterfalls)."""
+    if isinstance(document, dict) and isinstance(document.get("result"), dict):
+        document = document["result"]
+    traces: dict[int, list[TraceSpan]] = {}
+    for resource_spans in (document.get("resourceSpans") if isinstance(document, dict) else None) or []:
+        resource = _otlp_attributes((resource_spans.get("resource") or {}).get("attributes"))
+        service = str(resource.get("service.name", ""))
+        for scope_spans in resource_spans.get("scopeSpans") or []:
+            for span in scope_spans.get("spans") or []:
+                traces.setdefault(_int_id(span.get("traceId", "")), []).append(
+                    _trace_span(
+                        _otlp_attributes(span.get("attributes")),
+                        span_id=_int_id(span.get("spanId", "")),
+                        parent_id=_int_id(span.get("parentSpanId", "")),
+                        name=str(span.get("name", "")),
+                        service=service,
+                        start_ns=int(span.get("startTimeUnixNano", 0)),
+                        end_ns=int(span.get("endTimeUnixNano", 0)),
+                    )
+                )
+    return traces
 
 
 def _otlp_attributes(items: Any) -> dict[str, Any]:

@@ -8,11 +8,13 @@ import time
 import urllib.parse
 import urllib.request
 import uuid
+from pathlib import Path
 
 import pytest
 from cli_support import emit_workload, make_provider, run_cli
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
+from tests.browser import parse_dom, select
 from tests.stack_services import require_reachable
 
 JAEGER = "http://127.0.0.1:16686"
@@ -118,3 +120,27 @@ def test_fail_on_violation_from_jaeger(service: str) -> None:
     result = run_cli("report", "--service", service, "--fail-on-violation", "-q")
     assert result.returncode == 1, result.stderr
     assert result.stdout.startswith("otel-budget report: 16 scopes")
+
+
+def test_html_page_from_jaeger(service: str, tmp_path: Path) -> None:
+    """--html reads each waterfall's trace from Jaeger (/api/traces/<id>): the markers where the limits
+    were crossed, the spans as the exporter sent them."""
+    page = tmp_path / "report.html"
+    result = run_cli("report", "--service", service, "--html", str(page))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == run_cli("report", "--service", service, "-q").stdout
+    fetched = re.findall(r"^jaeger: reading trace ([0-9a-f]{32}) for its waterfall$", result.stderr, re.M)
+    assert len(fetched) == 5 and result.stderr.endswith(f"wrote {page} (6 row(s), 5 waterfall(s))\n")
+    dom = parse_dom(page.read_text())
+    assert [w.attrs["data-trace"] for w in select(dom, "div", "waterfall")] == fetched
+    crossings = [(c.attrs["data-metric"], c.attrs["data-offset-ms"]) for c in select(dom, "g", "crossing")]
+    assert crossings == [
+        ("db.repeated_queries", "12.000"),
+        ("db.queries", "18.000"),
+        ("duration_ms", "400.000"),
+        ("db.queries", "6.000"),
+        ("duration_ms", "300.000"),
+        ("db.queries", "18.000"),
+    ]
+    spans = select(dom, "g", "span")
+    assert (sum("repeated" in g.classes for g in spans), sum("db" in g.classes for g in spans)) == (10, 13)

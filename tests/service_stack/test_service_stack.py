@@ -76,3 +76,14 @@ def test_the_agent_and_the_gateways_need_the_collector_built() -> None:
     """`up agent` on a fresh machine builds the collector binary they run."""
     assert {n for s in services.SCALED_COLLECTORS for n in s.needs()} == {"collector"}
     assert services.BY_NAME["postgres"].needs() == ["postgres"]
+
+
+def test_chromium_is_a_test_tool_installed_when_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`stack.py tools` (`make test`) installs Debian's chromium when it is not on PATH, and nothing when it is."""
+    from stack import packages
+
+    assert packages.TEST_TOOLS == ["chromium"]
+    monkeypatch.setattr(packages.shutil, "which", lambda name: None)
+    assert packages.missing_packages(packages.TEST_TOOLS) == (["chromium"], [])
+    monkeypatch.setattr(packages.shutil, "which", lambda name: f"/usr/bin/{name}")
+    assert packages.missing_packages(packages.TEST_TOOLS) == ([], [])
