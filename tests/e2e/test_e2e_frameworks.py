@@ -29,7 +29,7 @@ from otel_budget import ScopeResult
 
 BUDGETS = APPS_DIR / "budgets.toml"
 BIN = Path(sys.executable).parent
-FLASK_PORT, FASTAPI_PORT = 8201, 8202
+FLASK_PORT, FASTAPI_PORT, STARLETTE_PORT = 8201, 8202, 8207
 UNMATCHED = 5  # requests to random URLs per app, beside the 30
 
 
@@ -48,6 +48,7 @@ class Answer:
 class Served:
     url: str
     service: str
+    instrumentation: str  # the one that makes the scope span
     jaeger: JaegerReader
 
     def burst(self, paths: list[str]) -> list[Answer]:
@@ -73,7 +74,8 @@ class Served:
         except JaegerError as exc:
             pytest.fail(f"{path}: {exc}", pytrace=False)
         (scope_span,) = [s for s in spans if s.is_scope]
-        assert (scope_span.service, scope_span.kind) == (self.service, "server"), path
+        identity = (scope_span.service, scope_span.kind, scope_span.attributes.get("otel.scope.name"))
+        assert identity == (self.service, "server", self.instrumentation), path
         db_spans = [s for s in spans if s.kind == "client" and "db.system" in s.attributes]
         return Answer(path, status, truth, scope_span.scope, db_spans)
 
@@ -85,7 +87,7 @@ def flask_app(stack_services: None, shop_database: None, jaeger: JaegerReader) -
             "--worker-class", "gthread", "--threads", "4", "--timeout", "60"]  # fmt: skip
     env = app_env("fw-flask", BUDGETS, FW_POOL_SIZE="4")
     with served_app("flask", argv, port=FLASK_PORT, env=env) as url:
-        yield Served(url, "fw-flask", jaeger)
+        yield Served(url, "fw-flask", "opentelemetry.instrumentation.flask", jaeger)
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +97,17 @@ def fastapi_app(stack_services: None, shop_database: None, jaeger: JaegerReader)
             "--log-level", "warning"]  # fmt: skip
     env = app_env("fw-fastapi", BUDGETS, FW_POOL_SIZE="8")
     with served_app("fastapi", argv, port=FASTAPI_PORT, env=env) as url:
-        yield Served(url, "fw-fastapi", jaeger)
+        yield Served(url, "fw-fastapi", "opentelemetry.instrumentation.fastapi", jaeger)
+
+
+@pytest.fixture(scope="module")
+def starlette_app(stack_services: None, shop_database: None, jaeger: JaegerReader) -> Iterator[Served]:
+    """A plain Starlette app under uvicorn (the Starlette instrumentation), a pool of 8 opened at start."""
+    argv = [str(BIN / "uvicorn"), "starlette_app:app", "--host", "127.0.0.1", "--port", str(STARLETTE_PORT),
+            "--log-level", "warning"]  # fmt: skip
+    env = app_env("fw-starlette", BUDGETS, FW_POOL_SIZE="8")
+    with served_app("starlette", argv, port=STARLETTE_PORT, env=env) as url:
+        yield Served(url, "fw-starlette", "opentelemetry.instrumentation.starlette", jaeger)
 
 
 def _limits() -> dict[str, tuple[int, int]]:
@@ -154,6 +166,12 @@ FASTAPI_ROUTES = {
     "/reports/async/repeat": "/reports/async/repeat/{n}",
 }
 
+STARLETTE_ROUTES = {
+    "/queries": "/queries/{n:int}",
+    "/repeat": "/repeat/{n:int}",
+    "/reports/queries": "/reports/queries/{n:int}",
+}
+
 
 def _paths(routes: dict[str, str]) -> list[str]:
     """30 requests, request i making i statements, spread over the endpoints."""
@@ -191,3 +209,13 @@ def test_fastapi_async_cpu_on_the_loop_has_no_cpu_ms(fastapi_app: Served) -> Non
     assert "cpu_ms" not in answer.scope.values
     assert answer.scope.values["duration_ms"] >= 120
     assert (answer.scope.name, answer.scope.values["db.queries"], answer.scope.violations) == ("/async/cpu/{ms}", 0, ())
+
+
+def test_starlette_sqlalchemy_psycopg2_30_concurrent(starlette_app: Served) -> None:
+    """A plain Starlette app under uvicorn: the same exact counts, override rule and bounded names; no cpu_ms."""
+    answers = starlette_app.burst(_paths(STARLETTE_ROUTES))
+    _check(answers, STARLETTE_ROUTES)
+    assert all("cpu_ms" not in a.scope.values for a in answers)
+    assert any(a.scope.violations for a in answers) and any(not a.scope.violations for a in answers)
+    names = {a.scope.name for a in answers} | _check_unmatched(starlette_app)
+    assert names == set(STARLETTE_ROUTES.values()) | {"GET unmatched"}
