@@ -1,13 +1,13 @@
-"""Flask and FastAPI with SQLAlchemy 2.0 over psycopg2, as `opentelemetry-bootstrap` sets them up: the
-SQLAlchemy and the psycopg2 instrumentation both report every statement. Real servers (gunicorn gthread,
+"""Flask, FastAPI and Starlette with SQLAlchemy 2.0 over psycopg2, as `opentelemetry-bootstrap` sets them up:
+the SQLAlchemy and the psycopg2 instrumentation both report every statement. Real servers (gunicorn gthread,
 uvicorn) under `opentelemetry-instrument` with no tracing code in the apps, the real PostgreSQL, spans read
 back from Jaeger.
 
 Ground truth: SQLAlchemy's own `before_cursor_execute` count of the request, answered by the app
 (apps/sqlalchemy_probe.py). 30 concurrent requests, each with its own number of statements n: otel-budget
 counts n (not 2n, not 2n + 1), the repeats of the one repeated statement, the route override's rule, and no
-event within budget. The servers take ports 8201/8202: run under `flock /tmp/otel-budget-servers.lock`.
-"""
+event within budget. The servers take ports 8201, 8202 and 8207: run under
+`flock /tmp/otel-budget-servers.lock`."""
 
 from __future__ import annotations
 
