@@ -48,11 +48,12 @@ class Stack:
 
 def _gunicorn(port: int) -> list[str]:
     return [str(BIN / "gunicorn"), "shop.wsgi", "--bind", f"127.0.0.1:{port}", "--workers", "2",
-            "--worker-class", "gthread", "--threads", "4", "--timeout", "60"]  # fmt: skip
+            "--worker-class", "gthread", "--threads", "4", "--timeout", "60", "--graceful-timeout", "5"]  # fmt: skip
 
 
 def _uvicorn(app: str, port: int) -> list[str]:
-    return [str(BIN / "uvicorn"), app, "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
+    return [str(BIN / "uvicorn"), app, "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
+            "--timeout-graceful-shutdown", "5"]
 
 
 _DJANGO, _ASGI = "opentelemetry.instrumentation.django", "opentelemetry.instrumentation.asgi"
@@ -101,7 +102,7 @@ def _burst(url: str, paths: list[str], jaeger: JaegerReader) -> list[Answer]:
     def fetch(path: str) -> requests.Response:
         return session.get(f"{url}/{path}", headers={"X-Ground-Truth": "1"}, timeout=60)
 
-    with ThreadPoolExecutor(len(paths)) as pool:
+    with session, ThreadPoolExecutor(len(paths)) as pool:  # closed after: the server stops without waiting
         responses = list(pool.map(fetch, paths))
     answers = []
     for path, response in zip(paths, responses):

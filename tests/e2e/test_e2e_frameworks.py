@@ -62,7 +62,7 @@ class Served:
             truth = response.json() if response.status_code == 200 else {}
             return response.status_code, truth, response.headers["x-trace-id"]
 
-        with ThreadPoolExecutor(len(paths)) as pool:
+        with session, ThreadPoolExecutor(len(paths)) as pool:  # closed after: the server stops without waiting
             fetched = list(pool.map(fetch, paths))
         return [self._answer(path, *got) for path, got in zip(paths, fetched)]
 
@@ -84,7 +84,7 @@ class Served:
 def flask_app(stack_services: None, shop_database: None, jaeger: JaegerReader) -> Iterator[Served]:
     """gunicorn, 2 gthread workers of 4 threads, each with a pool of 4 connections opened at start."""
     argv = [str(BIN / "gunicorn"), "flask_app:app", "--bind", f"127.0.0.1:{FLASK_PORT}", "--workers", "2",
-            "--worker-class", "gthread", "--threads", "4", "--timeout", "60"]  # fmt: skip
+            "--worker-class", "gthread", "--threads", "4", "--timeout", "60", "--graceful-timeout", "5"]  # fmt: skip
     env = app_env("fw-flask", BUDGETS, FW_POOL_SIZE="4")
     with served_app("flask", argv, port=FLASK_PORT, env=env) as url:
         yield Served(url, "fw-flask", "opentelemetry.instrumentation.flask", jaeger)
@@ -94,7 +94,7 @@ def flask_app(stack_services: None, shop_database: None, jaeger: JaegerReader) -
 def fastapi_app(stack_services: None, shop_database: None, jaeger: JaegerReader) -> Iterator[Served]:
     """uvicorn, one process; a pool of 8 connections opened at start for the threadpool's statements."""
     argv = [str(BIN / "uvicorn"), "fastapi_app:app", "--host", "127.0.0.1", "--port", str(FASTAPI_PORT),
-            "--log-level", "warning"]  # fmt: skip
+            "--log-level", "warning", "--timeout-graceful-shutdown", "5"]  # fmt: skip
     env = app_env("fw-fastapi", BUDGETS, FW_POOL_SIZE="8")
     with served_app("fastapi", argv, port=FASTAPI_PORT, env=env) as url:
         yield Served(url, "fw-fastapi", "opentelemetry.instrumentation.fastapi", jaeger)
@@ -104,7 +104,7 @@ def fastapi_app(stack_services: None, shop_database: None, jaeger: JaegerReader)
 def starlette_app(stack_services: None, shop_database: None, jaeger: JaegerReader) -> Iterator[Served]:
     """A plain Starlette app under uvicorn (the Starlette instrumentation), a pool of 8 opened at start."""
     argv = [str(BIN / "uvicorn"), "starlette_app:app", "--host", "127.0.0.1", "--port", str(STARLETTE_PORT),
-            "--log-level", "warning"]  # fmt: skip
+            "--log-level", "warning", "--timeout-graceful-shutdown", "5"]  # fmt: skip
     env = app_env("fw-starlette", BUDGETS, FW_POOL_SIZE="8")
     with served_app("starlette", argv, port=STARLETTE_PORT, env=env) as url:
         yield Served(url, "fw-starlette", "opentelemetry.instrumentation.starlette", jaeger)
@@ -201,9 +201,9 @@ def test_fastapi_sqlalchemy_psycopg2_30_concurrent(fastapi_app: Served) -> None:
 
 def test_fastapi_async_cpu_on_the_loop_has_no_cpu_ms(fastapi_app: Served) -> None:
     """An async endpoint that spins the loop's thread for 120 ms of CPU: its scope reports no cpu_ms."""
-    session = requests.Session()
-    session.trust_env = False
-    response = session.get(f"{fastapi_app.url}/async/cpu/120", timeout=30)
+    with requests.Session() as session:
+        session.trust_env = False
+        response = session.get(f"{fastapi_app.url}/async/cpu/120", timeout=30)
     assert response.json()["cpu_ms"] >= 120
     answer = fastapi_app._answer("/async/cpu/120", response.status_code, {}, response.headers["x-trace-id"])
     assert "cpu_ms" not in answer.scope.values
