@@ -25,6 +25,9 @@ venv: $(VENV)/.stamp
 $(VENV)/.stamp: pyproject.toml
 	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --disable-pip-version-check -q -e ".[all,dev]"
+	# psycopg 3 for tests/e2e/test_e2e_django_stacks.py, outside site-packages: where it is importable,
+	# Django picks it over psycopg2, so only the processes that put this directory on PYTHONPATH get it.
+	$(VENV)/bin/pip install --disable-pip-version-check -q --upgrade --target $(VENV)/psycopg3 "psycopg[binary]>=3.2,<4"
 	touch $@
 
 stack:

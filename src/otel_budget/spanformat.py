@@ -170,8 +170,10 @@ def _identify(attributes: Mapping[str, Any], span_name: str, span_kind: str) -> 
     if attributes.get(names.SCOPE_NAME) is not None:
         return ScopeKind.SCOPE, str(attributes[names.SCOPE_NAME]), None
     method = next((str(attributes[key]) for key in names.HTTP_METHOD if attributes.get(key) is not None), None)
-    if span_kind == "server" or attributes.get(names.HTTP_ROUTE) is not None or method is not None:
-        return ScopeKind.HTTP, str(attributes.get(names.HTTP_ROUTE) or span_name), method
+    route = attributes.get(names.HTTP_ROUTE)
+    if span_kind == "server" or route is not None or method is not None:
+        # As the processor names it: never the span's name, which may hold the raw path (Flask's on a 404).
+        return ScopeKind.HTTP, str(route) if route else f"{method or 'HTTP'} {names.UNMATCHED_ROUTE}", method
     task = attributes.get(names.CELERY_TASK_NAME)
     if task is None:
         task = span_name[4:] if span_name.startswith("run/") else span_name

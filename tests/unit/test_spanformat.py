@@ -76,6 +76,14 @@ def test_decode_names_each_kind() -> None:
     assert decoded({"budget.scope": "cron"}, "cron", "") == ("scope", "cron", None)
 
 
+def test_decode_names_a_request_without_route_unmatched() -> None:
+    """A request span with no `http.route` reads back as `<method> unmatched`, never its span name (a raw path)."""
+    summary = {"budget.violations": 0, "budget.rule": "http", "http.request.method": "GET"}
+    result = spanformat.decode(summary, [], span_name="GET /no/such/4a6f", span_kind="server", trace_id=1, span_id=2)
+    assert result is not None
+    assert (result.kind, result.name, result.method) == ("http", "GET unmatched", "GET")
+
+
 def test_event_identity_per_kind() -> None:
     """Events name the route and method, the task or the scope."""
     base = ScopeResult(
