@@ -7,6 +7,7 @@ One test, because the steps build on each other; each step's time is printed and
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -104,7 +105,8 @@ def in_jaeger(walk: Walkthrough) -> None:
     assert statements(trace, span) == N_PLUS_ONE
     assert tags(span)["budget.db.queries"] == N_PLUS_ONE.total()
 
-    weather = wait_for(lambda: scope_spans(walk.service, "GET weather/"), 30, "GET weather/ in Jaeger", walk.log)
+    weather = wait_for(lambda: len(spans := scope_spans(walk.service, "GET weather/")) >= walk.api_calls and spans,
+                       30, f"{walk.api_calls} GET weather/ in Jaeger", walk.log)
     counted = sorted(tags(s)["budget.external.calls"] for s, _ in weather)
     assert counted == [1] * walk.api_calls  # the API saw each call once; the first came from the health wait
     assert all(tags(s)["budget.violations"] == 0 for s, _ in weather)
@@ -115,6 +117,15 @@ def in_jaeger(walk: Walkthrough) -> None:
     assert [(e["budget.metric"], e["budget.actual"], e["budget.limit"]) for e in exceeded] == [("db.repeated_queries", BOOKS, 5)]
     assert statements(trace, span) == N_PLUS_ONE
     assert tags(span)["budget.db.queries"] == N_PLUS_ONE.total()
+
+    assert tag_search(walk.service, {"http.route": "books/", "budget.metric": "db.repeated_queries"}) == 1
+    assert tag_search(walk.service, {"http.route": "weather/", "budget.metric": "db.repeated_queries"}) == 0
+    assert tag_search(walk.worker_service, {"celery.task_name": TASK, "budget.violations": "1"}) == 1
+
+
+def tag_search(service: str, tags: dict[str, str]) -> int:
+    """Traces Jaeger's tag search finds (docs/tempo.md): tags match span tags and event fields."""
+    return len(newcomer.get_json(f"{JAEGER}/api/traces", service=service, lookback="1h", tags=json.dumps(tags))["data"])
 
 
 def in_prometheus(walk: Walkthrough) -> None:
