@@ -399,6 +399,17 @@ class Walkthrough:
         for name in (self.db, f"test_{self.db}"):
             self.postgres(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
+    def drop_queue(self) -> None:
+        """Kombu's bindings of this run's queue on the shared Redis (the queue itself is empty)."""
+        import redis
+
+        queue = f"walkthrough-{self.run_id}"
+        client = redis.Redis(host=HOST, port=6379, db=0)
+        try:
+            client.delete(queue, f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}")
+        finally:
+            client.close()
+
     @contextmanager
     def weather_api(self) -> Iterator[None]:
         """The HTTP API the weather view calls: a real server on its own port, counting its calls."""

@@ -70,6 +70,7 @@ def test_readme_walkthrough(tmp_path: Path) -> None:
     finally:
         walk.stop()
         walk.drop_databases()
+        walk.drop_queue()
         print("\n[walkthrough] timings: " + ", ".join(f"{name} {took:.1f} s" for name, took in walk.timings)
               + f"; total {sum(t for _, t in walk.timings):.1f} s")
 
