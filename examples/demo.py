@@ -239,11 +239,10 @@ def _where_next(scopes: list[ExportedSpan], jaeger: JaegerReader, services: tupl
     print(f"            {jaeger.api_link(example.trace_id)}")
     print(f"            {jaeger.base_url}/api/traces?service=shop&lookback=1h  (the shop's recent traces)")
     print("Prometheus  http://127.0.0.1:9090/alerts (alert rules: dashboards/alerts.yml), and e.g. the query")
-    print("            sum by (budget_metric, http_route, celery_task_name) (max without (otel_scope_name, "
-          "otel_scope_version, otel_scope_schema_url) (budget_violations_total))")  # fmt: skip
-    print(f"Collector   {PROMETHEUS_EXPORTER} (what Prometheus scrapes): budget_violations_total of "
-          f"{', '.join(services)}, every run since the collector started,")  # fmt: skip
-    print("            as the collector's count connector counts budget.exceeded events / as the apps' own counter:")
+    print("            sum by (budget_metric, http_route, celery_task_name) (budget_violations_total)")
+    print(f"Collector   {PROMETHEUS_EXPORTER} (what Prometheus scrapes), for {', '.join(services)}, every run since")
+    print("            the collector started: the count connector's budget_exceeded_events_total (events received)")
+    print("            / the apps' own budget_violations_total (every scope, at any sampling rate):")
     counts = _violation_counts(set(services))
     for (metric, where), (events, counter) in sorted(counts.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         print(f"            {events:5.0f} / {counter:<5.0f} {metric:<24} {where}")
@@ -281,12 +280,12 @@ def _has_jaeger_ui(url: str) -> bool:
         return False
 
 
-_SAMPLE = re.compile(r"^budget_violations_total\{(?P<labels>.*)\} (?P<value>\S+)$")
+_SAMPLE = re.compile(r"^(?P<name>budget_violations_total|budget_exceeded_events_total)\{(?P<labels>.*)\} (?P<value>\S+)$")
 _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 
 
 def _violation_counts(services: set[str], wait_s: float = 15.0) -> dict[tuple[str, str], tuple[float, float]]:
-    """`budget_violations_total` per metric and route/task: (count connector, the apps' counter)."""
+    """Violations per metric and route/task: (the count connector's events, the apps' counter)."""
     deadline = time.monotonic() + wait_s
     while True:
         try:
@@ -301,7 +300,7 @@ def _violation_counts(services: set[str], wait_s: float = 15.0) -> dict[tuple[st
             if not match or labels.get("service_name") not in services:
                 continue
             where = labels.get("celery_task_name") or f"{labels.get('http_request_method', '')} {labels.get('http_route', '')}"
-            source = 0 if "countconnector" in labels.get("otel_scope_name", "") else 1
+            source = 0 if match["name"] == "budget_exceeded_events_total" else 1
             counts[(labels.get("budget_metric", "?"), where.strip())][source] += float(match["value"])
         if counts or time.monotonic() > deadline:
             return {key: (events, counter) for key, (events, counter) in counts.items()}

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from otel_budget import names
+from otel_budget import __version__, names
 from otel_budget.config import BudgetConfig, ConfigError, load_config
 from otel_budget.settings import Settings
 
@@ -22,17 +23,30 @@ DEFAULT_JAEGER = "http://127.0.0.1:16686"
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    status = 0
-    for path in args.files:
-        try:
-            config = load_config(path)
-        except ConfigError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            status = 1
-            continue
-        rules = len(config.sections) + len(config.routes) + len(config.tasks)
-        print(f"{path}: ok ({len(config.sections)} section(s), {len(config.routes)} route and {len(config.tasks)} task override(s))" if rules else f"{path}: ok (no rules: built-in defaults)")
-    return status
+    results = [_check_one(path) for path in args.files]
+    if args.format == "json":
+        print(json.dumps({"ok": all(r["ok"] for r in results), "files": results}, indent=2))
+    for result in results if args.format == "text" else ():
+        if result["ok"]:
+            print(f"{result['file']}: ok ({result['summary']})")
+        else:
+            print(f"error: {result['error']}", file=sys.stderr)
+    return 0 if all(r["ok"] for r in results) else 1
+
+
+def _check_one(path: str) -> dict[str, Any]:
+    """One file's verdict, as `--format json` prints it."""
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        problems = [{"key": p.key, "message": p.message} for p in exc.problems]
+        return {"file": path, "ok": False, "error": str(exc), "problems": problems}
+    counts = {"sections": len(config.sections), "routes": len(config.routes), "tasks": len(config.tasks)}
+    summary = (
+        f"{counts['sections']} section(s), {counts['routes']} route and {counts['tasks']} task override(s)"
+        if any(counts.values()) else "no rules: built-in defaults"
+    )  # fmt: skip
+    return {"file": path, "ok": True, "summary": summary, **counts}
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -146,11 +160,16 @@ def build_parser() -> argparse.ArgumentParser:
         description="Per-request and per-task budgets on OpenTelemetry spans.",
         epilog="Run `otel-budget COMMAND --help` for a command's options.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     check = commands.add_parser(
         "check-config", help="validate budgets files; exit 1 on any error", description="Validate budgets files."
     )
     check.add_argument("files", nargs="+", metavar="FILE", help="a budgets TOML file")
+    check.add_argument(
+        "--format", choices=("text", "json"), default="text",
+        help="text (default): a line per file, errors on stderr; json: one document on stdout with every file's problems",
+    )  # fmt: skip
     check.set_defaults(func=_check_config)
     _add_report(commands)
     return parser

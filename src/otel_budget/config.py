@@ -239,7 +239,7 @@ def validate_limits(limits: Mapping[str, Any], *, source: str = "<code>") -> dic
     for key, value in limits.items():
         metric = _KEYWORD_METRICS.get(key, key)
         if metric not in _VALID_METRICS:
-            problems.append(ConfigProblem(key, "unknown metric" + choices_hint(key, _VALID_METRICS | _KEYWORD_METRICS.keys())))
+            problems.append(ConfigProblem(key, "unknown metric" + choices_hint(key, _VALID_METRICS, keyword="." not in key)))
             continue
         checked = _check_value(metric, value, key, problems)
         if checked is not None:
@@ -354,13 +354,19 @@ def _compile_glob(glob: str, key: str, problems: list[ConfigProblem]) -> re.Patt
     return re.compile(fnmatch.translate(glob))
 
 
-def choices_hint(word: str, valid: Iterable[str], *, booleans: bool = False) -> str:
-    """`; did you mean 'x'? (valid: ...)`, with the per-system metrics folded into one phrase."""
+def choices_hint(word: str, valid: Iterable[str], *, booleans: bool = False, keyword: bool = False) -> str:
+    """`; did you mean 'x'? (valid: ...)`, with the per-system metrics folded into one phrase.
+
+    Args:
+        keyword: name the metrics as keyword arguments (`db_queries`), as the caller wrote them.
+    """
     valid = sorted(valid)
-    close = difflib.get_close_matches(word, valid, n=1, cutoff=0.6)
+    names = [v.replace(".", "_") for v in valid] if keyword else valid
+    close = difflib.get_close_matches(word, names, n=1, cutoff=0.6)
     hint = f"; did you mean {close[0]!r}?" if close else ""
-    shown = [v for v in valid if v.count(".") < 2 or v.startswith(("db.postgresql", "db.mongodb"))]
-    extra = " (and db.<system>.queries / db.<system>.duration_ms for other systems)" if len(shown) < len(valid) else ""
+    shown = [n for v, n in zip(valid, names) if v.count(".") < 2 or v.startswith(("db.postgresql", "db.mongodb"))]
+    per_system = "db_<system>_queries / db_<system>_duration_ms" if keyword else "db.<system>.queries / db.<system>.duration_ms"
+    extra = f" (and {per_system} for other systems)" if len(shown) < len(valid) else ""
     also = "true, false, or a comma-separated list of: " if booleans else ""
     return f"{hint} (valid: {also}{', '.join(shown)}{extra})"
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from otel_budget import names
 from otel_budget._pytest_options import MARKER_HELP, add_options, budgets_file, marker_limits
 from otel_budget._render import failure_message, heaviest_table, instrumentation_line, unbudgeted_warning
 from otel_budget.activation import instrument_installed, set_up_tracing
@@ -36,6 +37,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", MARKER_HELP)
     settings = Settings.from_env()
     path = budgets_file(config, settings)
+    if path is not None and not settings.enabled:
+        config.pluginmanager.register(DisabledNotice(path), PLUGIN_NAME)
     if path is None or not settings.enabled:
         return
     try:
@@ -45,6 +48,16 @@ def pytest_configure(config: pytest.Config) -> None:
     processor, setup = set_up_tracing(budgets, settings)
     plugin = BudgetPlugin(budgets, processor, setup=setup, report=config.getoption("budgets_report"))
     config.pluginmanager.register(plugin, PLUGIN_NAME)
+
+
+class DisabledNotice:
+    """Says in the report header that budgets were asked for but the library is off."""
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+
+    def pytest_report_header(self) -> str:
+        return f"otel-budget: off ({names.ENV_ENABLED}=false): {self._path} is not checked, no test fails on a budget"
 
 
 class BudgetPlugin:

@@ -16,6 +16,7 @@ from alerting_stack import COMPOSE
 EXPECTED_PORTS = {
     "collector": {4317: 4317, 4318: 4318, 8889: 8889},
     "jaeger": {16686: 16686, 14317: 4317, 14318: 4318},
+    "tempo": {3200: 3200},
     "prometheus": {9090: 9090},
     "grafana": {3000: 3000},
     "postgres": {5432: 5432},
@@ -60,7 +61,7 @@ def test_every_mounted_path_exists(compose: dict[str, Any]) -> None:
             assert source.startswith("."), f"{name}: {volume} is not a bind mount of a repository file"
             assert (COMPOSE.parent / source).exists(), f"{name}: {source} does not exist"
             mounts += 1
-    assert mounts >= 7
+    assert mounts >= 8
 
 
 def test_collector_runs_the_shipped_config(compose: dict[str, Any]) -> None:
@@ -90,3 +91,17 @@ def test_grafana_provisioning_is_mounted(compose: dict[str, Any]) -> None:
     assert volumes["/etc/grafana/provisioning/datasources"] == "./grafana/provisioning/datasources"
     assert volumes["/etc/grafana/provisioning/dashboards"] == "./grafana/provisioning/dashboards"
     assert volumes["/var/lib/grafana/dashboards/otel-budget/otel-budget.json"] == "./grafana/otel-budget.json"
+
+
+def test_tempo_gets_the_traces(compose: dict[str, Any]) -> None:
+    """Tempo runs its mounted config, which takes OTLP gRPC on 4317, where the compose collector sends traces."""
+    tempo = compose["services"]["tempo"]
+    volumes = {str(v).split(":")[1]: str(v).split(":")[0] for v in tempo["volumes"]}
+    assert tempo["command"] == ["-config.file=/etc/tempo/tempo.yaml"]
+    config = yaml.safe_load((COMPOSE.parent / volumes["/etc/tempo/tempo.yaml"]).read_text())
+    assert config["distributor"]["receivers"]["otlp"]["protocols"]["grpc"]["endpoint"] == "0.0.0.0:4317"
+    assert config["server"]["http_listen_port"] == 3200
+    overrides = yaml.safe_load((COMPOSE.parent / "compose" / "collector-overrides.yaml").read_text())
+    assert overrides["exporters"]["otlp_grpc/tempo"]["endpoint"] == "tempo:4317"
+    assert "otlp_grpc/tempo" in overrides["service"]["pipelines"]["traces"]["exporters"]
+    assert "tempo" in compose["services"]["collector"]["depends_on"]

@@ -5,7 +5,9 @@ Its queries are run against the real Prometheus in test_alerting_e2e.py.
 
 from __future__ import annotations
 
+import json
 import re
+import urllib.parse
 from collections.abc import Iterator
 from typing import Any
 
@@ -77,15 +79,19 @@ def test_panels_cover_the_brief(dashboard: dict[str, Any]) -> None:
     assert {"0.5", "0.95"} <= {q for e in exprs if "budget_db_queries_bucket" in e for q in re.findall(r"histogram_quantile\((0\.\d+)", e)}
 
 
-def test_data_links_lead_to_jaeger(dashboard: dict[str, Any]) -> None:
-    """Route and task panels link to a Jaeger search by route / task through the `jaeger_url` variable."""
-    assert variables(dashboard)["jaeger_url"]["type"] == "textbox"
-    links = [
+def panel_links(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
+    return [
         link
         for panel in dashboard["panels"]
         if panel["type"] != "row"
         for link in panel["fieldConfig"]["defaults"].get("links", [])
     ]
+
+
+def test_data_links_lead_to_jaeger(dashboard: dict[str, Any]) -> None:
+    """Route and task panels link to a Jaeger search by route / task through the `jaeger_url` variable."""
+    assert variables(dashboard)["jaeger_url"]["type"] == "textbox"
+    links = [link for link in panel_links(dashboard) if link["title"].endswith("in Jaeger")]
     assert links
     for link in links:
         assert link["url"].startswith("${jaeger_url}/search?service=")
@@ -94,12 +100,37 @@ def test_data_links_lead_to_jaeger(dashboard: dict[str, Any]) -> None:
     assert "%22http.route%22" in urls and "%22celery.task_name%22" in urls and "%22budget.metric%22" in urls
 
 
+def test_every_jaeger_link_has_its_tempo_twin(dashboard: dict[str, Any]) -> None:
+    """Each Jaeger link has a Tempo one: Explore on the `tempo` data source, TraceQL on the same fields."""
+    assert variables(dashboard)["tempo"]["type"] == "datasource"
+    assert variables(dashboard)["tempo"]["query"] == "tempo"
+    links = panel_links(dashboard)
+    jaeger = [link for link in links if link["title"].endswith("in Jaeger")]
+    tempo = [link for link in links if link["title"].endswith("in Tempo")]
+    assert len(links) == len(jaeger) + len(tempo) and len(jaeger) == len(tempo)
+    for link in tempo:
+        assert link["url"].startswith("/explore?schemaVersion=1&orgId=1&panes=")
+        panes = json.loads(urllib.parse.unquote(link["url"].split("panes=", 1)[1]))
+        query = panes["tr"]["queries"][0]
+        assert panes["tr"]["datasource"] == query["datasource"]["uid"] == "${tempo}"
+        assert query["queryType"] == "traceql"
+        assert query["query"].startswith('{ resource.service.name = "${__')
+        for field in re.findall(r"\$\{(__(?:field\.labels|data\.fields)\.\w+)", query["query"]):
+            twin = next(j for j in jaeger if j["title"] == link["title"].replace("in Tempo", "in Jaeger"))
+            assert field in twin["url"], (link["title"], field)
+        if "budget_metric" in query["query"]:
+            assert 'event:name = "budget.exceeded" && event.budget.metric = ' in query["query"]
+
+
 def test_provisioning_points_at_the_dashboard() -> None:
     """The provisioning files are valid YAML: one Prometheus data source, one file provider."""
     root = REPO / "dashboards" / "grafana" / "provisioning"
     datasources = yaml.safe_load((root / "datasources" / "otel-budget.yaml").read_text())
     providers = yaml.safe_load((root / "dashboards" / "otel-budget.yaml").read_text())
     assert [d["type"] for d in datasources["datasources"] if d.get("isDefault")] == ["prometheus"]
+    by_type = {d["type"]: d for d in datasources["datasources"]}
+    assert by_type["tempo"]["url"] == "http://tempo:3200" and by_type["tempo"]["uid"] == "tempo"
+    assert by_type["tempo"]["jsonData"]["tracesToMetrics"]["datasourceUid"] == by_type["prometheus"]["uid"]
     assert providers["providers"][0]["type"] == "file"
     assert providers["providers"][0]["options"]["path"] == "/var/lib/grafana/dashboards/otel-budget"
     assert DASHBOARD.exists()

@@ -56,8 +56,9 @@ def test_no_alert_on_absence(alert_rules: list[dict[str, Any]]) -> None:
         assert "absent" not in rule["expr"], rule["alert"]
 
 
-def test_violation_rules_count_each_violation_once(alert_rules: list[dict[str, Any]]) -> None:
-    """budget_violations_total comes from the count connector and from the library; rules take one."""
+def test_violation_rules_read_the_one_producer(alert_rules: list[dict[str, Any]]) -> None:
+    """Rules sum the library's budget_violations_total as is; the connector's count is another name."""
     for rule in alert_rules:
-        if "budget_violations_total" in rule["expr"]:
-            assert "max without (otel_scope_name, otel_scope_version, otel_scope_schema_url)" in rule["expr"], rule["alert"]
+        assert "otel_scope" not in rule["expr"], rule["alert"]
+        assert "budget_exceeded_events_total" not in rule["expr"], rule["alert"]
+    assert "budget_exceeded_events_total{" in ALERTS_TEST.read_text(), "no case shows the connector's count left out"

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+
+import otel_budget
 
 from cli_support import run_cli
 
@@ -115,3 +118,32 @@ def test_no_file_is_a_usage_error() -> None:
     result = run_cli("check-config")
     assert result.returncode == 2
     assert "the following arguments are required: FILE" in result.stderr
+
+
+def test_json_format(write: Callable[[str, str], str]) -> None:
+    """--format json: one document on stdout with each file's verdict, counts and problems; exit 1 on any error."""
+    result = run_cli("check-config", "--format", "json", write("budgets.toml", GOOD), write("typo.toml", "[http]\ndb.querys = 3\n"))
+    assert (result.returncode, result.stderr) == (1, "")
+    assert json.loads(result.stdout) == {
+        "ok": False,
+        "files": [
+            {"file": "budgets.toml", "ok": True, "summary": "2 section(s), 1 route and 1 task override(s)",
+             "sections": 2, "routes": 1, "tasks": 1},
+            {"file": "typo.toml", "ok": False,
+             "error": f"typo.toml: http.db.querys: unknown metric; did you mean 'db.queries'? (valid: {METRICS})",
+             "problems": [{"key": "http.db.querys", "message": f"unknown metric; did you mean 'db.queries'? (valid: {METRICS})"}]},
+        ],
+    }  # fmt: skip
+
+
+def test_json_format_all_good(write: Callable[[str, str], str]) -> None:
+    """--format json on good files: ok true, exit 0."""
+    result = run_cli("check-config", "--format", "json", write("empty.toml", ""))
+    assert result.returncode == 0
+    assert json.loads(result.stdout)["ok"] is True
+
+
+def test_version() -> None:
+    """`otel-budget --version` prints the installed version."""
+    result = run_cli("--version")
+    assert (result.returncode, result.stdout) == (0, f"otel-budget {otel_budget.__version__}\n")

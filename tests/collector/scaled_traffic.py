@@ -154,11 +154,10 @@ def scrape(port: int) -> str:
 
 
 def counted_violations(service: str, port: int = 8889) -> Counter[str]:
-    """The count connector's budget_violations_total per budget_metric for `service`, from the agent's exporter."""
+    """The count connector's budget_exceeded_events_total per budget_metric for `service`, from the agent's exporter."""
     totals: Counter[str] = Counter()
     for line in scrape(port).splitlines():
-        if (line.startswith("budget_violations_total{") and f'service_name="{service}"' in line
-                and 'otel_scope_name="github.com/open-telemetry/opentelemetry-collector-contrib/connector/countconnector"' in line):
+        if line.startswith("budget_exceeded_events_total{") and f'service_name="{service}"' in line:
             metric = re.search(r'budget_metric="([^"]*)"', line)
             totals[metric.group(1) if metric else ""] += int(float(line.rsplit(" ", 1)[1]))
     return totals

@@ -100,6 +100,65 @@ def test_bad_marker_fails_with_choices(project: pytest.Pytester) -> None:
     result.stdout.fnmatch_lines(["@pytest.mark.budget: db_querys: unknown metric; did you mean 'db_queries'? (valid: *"])
 
 
+def test_bad_marker_lists_choices_once(project: pytest.Pytester) -> None:
+    """The marker's error is printed once, and names the keyword metrics, not every DB system's."""
+    result = run(project, *BUDGETS, "test_shop.py::test_bad_marker")
+    result.assert_outcomes(failed=1)
+    assert sum("(valid:" in line for line in result.stdout.lines) == 1
+    assert "During handling of the above exception" not in result.stdout.str()
+    assert "db_aws_dynamodb_queries" not in result.stdout.str()
+    result.stdout.fnmatch_lines(["*(and db_<system>_queries / db_<system>_duration_ms for other systems))"])
+
+
+def elsewhere(project: pytest.Pytester) -> str:
+    """A copy of budgets.toml outside the project's directory, as a path relative to it."""
+    directory = project.path.parent / f"{project.path.name}-elsewhere"
+    directory.mkdir(exist_ok=True)
+    shutil.copy(project.path / "budgets.toml", directory / "budgets.toml")
+    return f"../{directory.name}/budgets.toml"
+
+
+def test_budgets_outside_the_project_in_two_words_is_a_usage_error(project: pytest.Pytester) -> None:
+    """`--budgets ../x/budgets.toml` and no test path: pytest's rootdir moves past the project's ini; stop, say why."""
+    path = elsewhere(project)
+    result = run(project, "--budgets", path)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [f"ERROR: otel-budget: pytest read `--budgets {path}` before otel-budget's options were known and took {path} "
+         f"for a test path, so it looked for its ini file from {project.path.parent} and did not read the one in "
+         f"{project.path} (rootdir {project.path.parent}). Write --budgets={path} (one word), or set `budgets = {path}` "
+         "in that ini file."]
+    )  # fmt: skip
+
+
+def test_budgets_outside_the_project_in_one_word(project: pytest.Pytester) -> None:
+    """`--budgets=../x/budgets.toml` keeps the project's rootdir and ini file, and checks the budgets."""
+    result = run(project, f"--budgets={elsewhere(project)}", "test_shop.py::test_book_list")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines([f"rootdir: {project.path}", "GET books/  (trace *)"])
+
+
+def test_ini_key_names_the_budgets_file(project: pytest.Pytester) -> None:
+    """`budgets =` in the pytest ini file, relative to it, turns the plugin on; no unknown-option warning."""
+    path = elsewhere(project)
+    ini = project.path / "pytest.ini"
+    ini.write_text(ini.read_text() + f"budgets = {path}\n")
+    result = run(project, "test_shop.py::test_book_list")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines([f"otel-budget: budgets from {os.path.normpath(project.path / path)}; *", "GET books/  (trace *)"])
+    assert "Unknown config option" not in result.stdout.str()
+
+
+def test_disabled_says_so_in_the_header(project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    """OTEL_BUDGET_ENABLED=false with --budgets: the header says the budgets are not checked; the N+1 passes."""
+    monkeypatch.setenv("OTEL_BUDGET_ENABLED", "false")
+    result = run(project, *BUDGETS, "test_shop.py::test_book_list")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(
+        ["otel-budget: off (OTEL_BUDGET_ENABLED=false): budgets.toml is not checked, no test fails on a budget"]
+    )
+
+
 def test_environment_variable_activates(project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
     """OTEL_BUDGET_CONFIG alone turns the plugin on."""
     monkeypatch.setenv("OTEL_BUDGET_CONFIG", "budgets.toml")
@@ -177,4 +236,6 @@ def test_budgets_report_needs_a_file(project: pytest.Pytester) -> None:
     """--budgets-report alone is a usage error rather than a silent no-op."""
     result = run(project, "--budgets-report")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["ERROR: --budgets-report needs a budgets file: --budgets FILE or OTEL_BUDGET_CONFIG"])
+    result.stderr.fnmatch_lines(
+        ["ERROR: --budgets-report needs a budgets file: --budgets FILE, `budgets =` in the pytest ini file, or OTEL_BUDGET_CONFIG"]
+    )
