@@ -99,7 +99,7 @@ class BudgetMetrics:
         # metric -> None (no histogram), its bucket bounds (aggregated here) or its Histogram (recorded)
         self._slots: dict[str, Any] = {}
         self._lock = threading.Lock()
-        self._pending: dict[tuple[Any, str, str | None], _Pending] = {}
+        self._pending: dict[tuple[Any, str, str], _Pending] = {}
         self._logged: set[str] = set()
 
     def record(self, result: ScopeResult) -> None:
@@ -134,7 +134,7 @@ class BudgetMetrics:
         self, result: ScopeResult, values: Mapping[str, float], slots: dict[str, Any]
     ) -> Iterable[tuple[str, float]]:
         """Add the scope's values to its identity's aggregates; returns those to record through the SDK."""
-        key = (result.kind, result.name, result.method)
+        key = (result.kind, result.name, result.method or "")  # the identity scope_identity gives
         recorded: list[tuple[str, float]] = []
         with self._lock:
             pending = self._pending.get(key)
