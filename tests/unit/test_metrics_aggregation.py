@@ -6,6 +6,7 @@ so it takes the public path: one SDK `Histogram.record` per value.
 
 from __future__ import annotations
 
+import os
 import random
 import threading
 import time
@@ -260,3 +261,29 @@ def test_drop_inherited_forgets_the_pending_aggregates() -> None:
     ours.record(result(IDENTITIES[0], {"db.queries": 2}))
     ((_, point),) = [v for k, v in points(reader).items() if k[0] == "budget.db.queries"]
     assert (point.count, point.sum) == (1, 2)
+
+
+def test_a_forked_child_records_though_a_parent_thread_held_the_lock() -> None:
+    """gunicorn forks while a thread is inside `record`: the child's metrics still work (a fresh lock)."""
+    ours, (reader,), _, _ = pair()
+    ours.record(result(IDENTITIES[0], {"db.queries": 1}))
+    ours._lock.acquire()  # a parent thread mid-record at the fork
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through its exit status
+        code = 2
+        try:
+            ours.drop_inherited()
+            ours.record(result(IDENTITIES[0], {"db.queries": 5}))
+            got = [(p.count, p.sum) for (name, _), (_, p) in points(reader).items() if name == "budget.db.queries"]
+            code = 0 if got == [(1, 5)] else 1
+        finally:
+            os._exit(code)
+    ours._lock.release()
+    deadline = time.monotonic() + 30
+    while (waited := os.waitpid(pid, os.WNOHANG)) == (0, 0) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if waited == (0, 0):
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child hung on the lock its parent's thread held")
+    assert os.waitstatus_to_exitcode(waited[1]) == 0
