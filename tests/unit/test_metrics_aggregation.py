@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 import threading
 import time
 from typing import Any
@@ -184,15 +185,20 @@ def test_threads_recording_while_a_reader_collects_lose_nothing() -> None:
             ours.record(scope)
 
     threads = [threading.Thread(target=work, args=(mine,)) for mine in scopes]
-    for thread in threads:
-        thread.start()
-    go.wait()
-    collections = 0
-    while any(thread.is_alive() for thread in threads):
-        add(points(reader))
-        collections += 1
-    for thread in threads:
-        thread.join()
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads switch between any two bytecodes: an unlocked `+=` loses counts
+    try:
+        for thread in threads:
+            thread.start()
+        go.wait()
+        collections = 0
+        while any(thread.is_alive() for thread in threads):
+            add(points(reader))
+            collections += 1
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
     add(points(reader))
     for mine in scopes:
         for scope in mine:
