@@ -163,6 +163,8 @@ METER_NAME = "otel_budget"
 INSTRUMENT_VIOLATIONS = "budget.violations"
 INSTRUMENT_EVICTED = "budget.scopes.evicted"
 INSTRUMENT_SPANS_DROPPED = "budget.spans.dropped"
+# An observable instrument that never observes: its callback merges the in-process histograms (_metrics).
+INSTRUMENT_FLUSH = "budget.histograms.flush"
 
 # Environment variables.
 ENV_CONFIG = "OTEL_BUDGET_CONFIG"
