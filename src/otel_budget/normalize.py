@@ -59,11 +59,9 @@ class _Dialect(NamedTuple):
     cache: dict[str, str]  # raw text -> normalised text
 
 
-def _dialect(name: str, *, double_quoted_strings: bool = False, backslash_escapes: bool = False, hash_comments: bool = False, cql: bool = False) -> _Dialect:
-    tokens = _sql_tokens(
-        double_quoted_strings=double_quoted_strings, backslash_escapes=backslash_escapes, hash_comments=hash_comments, cql=cql
-    )
-    return _Dialect(name, tokens, cql, {})
+def _dialect(name: str, **reading: bool) -> _Dialect:
+    flags = {"double_quoted_strings": False, "backslash_escapes": False, "hash_comments": False, "cql": False}
+    return _Dialect(name, _sql_tokens(**{**flags, **reading}), reading.get("cql", False), {})
 
 
 # Standard SQL: `"..."` is a name, a backslash is a character (PostgreSQL's default since 9.1; psycopg
