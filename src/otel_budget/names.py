@@ -100,6 +100,13 @@ EVENT_DETAILS = (EVENT_LIBRARY, EVENT_TARGET, EVENT_CALL_SITE)
 # Scope names stay bounded (metric attributes): a request with no route is named `<method> unmatched`,
 # and past MAX_SCOPE_NAMES distinct names in a process, a new one is named SCOPE_NAME_OVERFLOW.
 UNMATCHED_ROUTE = "unmatched"
+
+
+def unmatched_scope_name(method: str | None) -> str:
+    """The name of a request that matched no route: `GET unmatched` (`HTTP unmatched` with no method)."""
+    return f"{method or 'HTTP'} {UNMATCHED_ROUTE}"
+
+
 SCOPE_NAME_OVERFLOW = "_other"
 MAX_SCOPE_NAMES = 1000
 

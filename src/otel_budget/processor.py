@@ -443,7 +443,7 @@ class BudgetSpanProcessor(SpanProcessor):
             found = first(_attributes(span), _HTTP_METHOD)
             method = str(found) if found is not None else None
             # Never a raw path: a request that matched no route is `<method> unmatched`.
-            name = scope.route or f"{method or 'HTTP'} {names.UNMATCHED_ROUTE}"
+            name = scope.route or names.unmatched_scope_name(method)
         context = span.get_span_context()
         return verdict.judge(
             kind=scope.kind,

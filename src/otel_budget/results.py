@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from otel_budget import names
 from otel_budget.names import ScopeKind
 
 __all__ = ["ScopeResult", "Violation"]
@@ -67,6 +68,8 @@ class ScopeResult:
     def label(self) -> str:
         """`GET orders/<int:pk>/`, `task shop.tasks.rebuild`, `scope nightly-import`."""
         if self.kind == ScopeKind.HTTP:
+            if self.name == names.unmatched_scope_name(self.method):  # `GET unmatched` names its method already
+                return self.name
             return f"{self.method or ''} {self.name}".strip()
         return f"{'task' if self.kind == ScopeKind.CELERY else 'scope'} {self.name}"
 

@@ -170,10 +170,10 @@ def _identify(attributes: Mapping[str, Any], span_name: str, span_kind: str) -> 
     if attributes.get(names.SCOPE_NAME) is not None:
         return ScopeKind.SCOPE, str(attributes[names.SCOPE_NAME]), None
     method = next((str(attributes[key]) for key in names.HTTP_METHOD if attributes.get(key) is not None), None)
-    route = attributes.get(names.HTTP_ROUTE)
-    if span_kind == "server" or route is not None or method is not None:
-        # As the processor names it: never the span's name, which may hold the raw path (Flask's on a 404).
-        return ScopeKind.HTTP, str(route) if route else f"{method or 'HTTP'} {names.UNMATCHED_ROUTE}", method
+    if span_kind == "server" or attributes.get(names.HTTP_ROUTE) is not None or method is not None:
+        route = attributes.get(names.HTTP_ROUTE)
+        # Named as the processor names it, never by the span's name (`GET /orders/20/` under ASGI is a raw path).
+        return ScopeKind.HTTP, str(route) if route else names.unmatched_scope_name(method), method
     task = attributes.get(names.CELERY_TASK_NAME)
     if task is None:
         task = span_name[4:] if span_name.startswith("run/") else span_name

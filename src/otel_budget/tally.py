@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from otel_budget import _probes, _sdkspan, names
 from otel_budget._ratelimit import log_exception
 from otel_budget.names import ScopeKind
-from otel_budget.normalize import SQL_CACHE, normalize_mongo, normalize_sql
+from otel_budget.normalize import SQL_CACHES, normalize_mongo, normalize_sql
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import ReadableSpan, Span
@@ -89,7 +89,6 @@ _cpu_and_peak = _probes.cpu_and_peak
 _get_ident = threading.get_ident
 _span_facts = _sdkspan.counted
 _NOT_QUERY_SPANS = names.NOT_QUERY_SPANS
-_SQL_SYSTEMS = names.SQL_SYSTEMS
 _DB_SYSTEM_NAME, _DB_SYSTEM_OLD = names.DB_SYSTEM
 _DB_QUERY_TEXT, _DB_STATEMENT_OLD = names.DB_STATEMENT
 _HTTP_METHOD_NEW, _HTTP_METHOD_OLD = names.HTTP_METHOD
@@ -261,8 +260,9 @@ class ScopeTally:
                     if type(system) is not str:
                         system = "other"
                     statement = attributes.get(_DB_QUERY_TEXT) or attributes.get(_DB_STATEMENT_OLD)
-                    # A statement seen before: its normalised text straight from the cache, without a call.
-                    key = SQL_CACHE.get(statement) if type(statement) is str and system in _SQL_SYSTEMS else None
+                    # A statement seen before: its normalised text straight from its dialect's cache, without a call.
+                    cache = SQL_CACHES.get(system)
+                    key = cache.get(statement) if cache is not None and type(statement) is str else None
                     if key is None:
                         key = statement_key(system, attributes, name)
                 except Exception:
@@ -478,8 +478,11 @@ def _layered(span: ReadableSpan, outer: _sdkspan.Counted, inner: _sdkspan.Counte
     mine, theirs = first(attributes, keys), first(inner[0], keys)
     if mine is None or theirs is None:
         return False
+    if mine == theirs:
+        return True
     # sqlcommenter may have commented one layer's text and not the other's: compared without comments.
-    return bool(mine == theirs or (type(mine) is str and type(theirs) is str and normalize_sql(mine) == normalize_sql(theirs)))
+    system = str(first(attributes, names.DB_SYSTEM) or "other_sql")
+    return type(mine) is str and type(theirs) is str and normalize_sql(mine, system) == normalize_sql(theirs, system)
 
 
 _SYSTEM_METRICS: dict[str, tuple[str, str]] = {}
@@ -498,8 +501,8 @@ def system_metrics(system: str) -> tuple[str, str]:
 def statement_key(system: str, attributes: Mapping[str, Any], span_name: str) -> str:
     """What repeats are counted on: the normalised statement (no literal values), or the operation."""
     statement = attributes.get(_DB_QUERY_TEXT) or attributes.get(_DB_STATEMENT_OLD)
-    if statement and system in _SQL_SYSTEMS:
-        return normalize_sql(statement if type(statement) is str else str(statement))
+    if statement and system in SQL_CACHES:  # SQL, and CQL: read by the system's dialect
+        return normalize_sql(statement if type(statement) is str else str(statement), system)
     if system == "mongodb":
         text = str(statement or "")
         operation = str(first(attributes, names.DB_OPERATION) or text.split(" ", 1)[0] or span_name)

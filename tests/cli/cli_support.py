@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from opentelemetry.trace import SpanKind
 
 from otel_budget import BudgetSpanProcessor
 from otel_budget.config import parse_config
+from otel_budget.results import ScopeResult
 
 MS = 1_000_000
 BUDGETS_TOML = """
@@ -55,10 +56,13 @@ def run_cli(*args: str) -> CliResult:
     return CliResult(done.returncode, done.stdout, done.stderr)
 
 
-def make_provider(service: str, exporter: SpanExporter) -> TracerProvider:
+def make_provider(service: str, exporter: SpanExporter, listener: Callable[[ScopeResult], None] | None = None) -> TracerProvider:
     provider = TracerProvider(resource=Resource.create({"service.name": service}))
     budgets = parse_config(tomllib.loads(BUDGETS_TOML), source="budgets.toml")
-    provider.add_span_processor(BudgetSpanProcessor(config=budgets, record_metrics=False))
+    processor = BudgetSpanProcessor(config=budgets, record_metrics=False)
+    if listener is not None:
+        processor.add_listener(listener)
+    provider.add_span_processor(processor)
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     return provider
 

@@ -13,6 +13,9 @@ from pathlib import Path
 import pytest
 from cli_support import emit_workload, make_provider, run_cli
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+from opentelemetry.trace import SpanKind
+
+from otel_budget.results import ScopeResult
 
 from tests.browser import parse_dom, select
 from tests.stack_services import require_reachable
@@ -144,3 +147,37 @@ def test_html_page_from_jaeger(service: str, tmp_path: Path) -> None:
     ]
     spans = select(dom, "g", "span")
     assert (sum("repeated" in g.classes for g in spans), sum("db" in g.classes for g in spans)) == (10, 13)
+
+
+def test_requests_without_route_are_reported_as_the_processor_named_them() -> None:
+    """Route-less ASGI requests (span names are raw paths) are `<method> unmatched` in the report, as in the processor."""
+    require_reachable(SERVICES)
+    name = f"otel-budget-cli-unmatched-{uuid.uuid4().hex[:8]}"
+    published: list[ScopeResult] = []
+    provider = make_provider(name, OTLPSpanExporter(endpoint="127.0.0.1:4317", insecure=True, timeout=10), published.append)
+    tracer = provider.get_tracer("asgi")
+    for method, path, queries in (("GET", "/aorm/20/", 9), ("GET", "/aorm/21/", 10), ("POST", "/aorm/22/", 12)):
+        attributes = {"http.request.method": method, "url.path": path, "url.scheme": "http"}
+        with tracer.start_as_current_span(f"{method} {path}", kind=SpanKind.SERVER, attributes=attributes):
+            for number in range(queries):
+                tracer.start_span("SELECT", kind=SpanKind.CLIENT, attributes={
+                    "db.system": "postgresql", "db.statement": f"SELECT * FROM shop_order WHERE id = {number}",
+                }).end()  # fmt: skip
+    provider.shutdown()
+    assert [(r.name, r.values["db.queries"]) for r in published] == [("GET unmatched", 9), ("GET unmatched", 10), ("POST unmatched", 12)]
+    deadline = time.monotonic() + 30
+    while scope_spans_in_jaeger(name) < 3 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    result = run_cli("report", "--service", name, "--format", "json", "-q", "--lookback", "1h")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["scopes"] == 3
+    offenders = [(r["label"], r["metric"], r["p50"], r["limit"], r["violations"]) for r in data["offenders"]]
+    assert sorted(offenders) == [
+        ("GET unmatched", "db.queries", 9, 8, 2),
+        ("GET unmatched", "db.repeated_queries", 9, 5, 2),
+        ("POST unmatched", "db.queries", 12, 8, 1),
+        ("POST unmatched", "db.repeated_queries", 12, 5, 1),
+    ]
+    assert [row["label"] for row in data["worst"]] == ["GET unmatched"]
+    assert "/aorm/" not in result.stdout

@@ -31,6 +31,28 @@ def only(results: list[ScopeResult]) -> ScopeResult:
     return results[0]
 
 
+def test_six_different_cql_queries_are_no_n_plus_one(tracing: Tracing) -> None:
+    """Cassandra's statements are normalised like SQL: six different queries repeat once each, not six times."""
+    with tracing.request():
+        for table in ("users", "orders", "carts", "events", "sessions", "tags"):
+            tracing.db(f"SELECT * FROM shop.{table} WHERE id = 123e4567-e89b-12d3-a456-426614174000", system="cassandra")
+        for index in range(1, 8):  # IN lists of 1 to 7 values
+            tracing.db(f"SELECT * FROM shop.lines WHERE cart = {index} AND sku IN ({', '.join(['?'] * index)})", system="cassandra")
+    attributes = tracing.span("GET items/").attributes
+    assert (attributes["budget.db.cassandra.queries"], attributes["budget.db.repeated_queries"]) == (13, 7)
+    event = tracing.events("GET items/")["db.repeated_queries"]
+    assert event["budget.statement"] == "SELECT * FROM shop.lines WHERE cart = ? AND sku IN (?)"
+
+
+def test_mysql_double_quoted_strings_are_literals(tracing: Tracing) -> None:
+    """Under `db.system` mysql a `"..."` is a string: the exported statement does not carry it."""
+    with tracing.request():
+        for index in range(6):
+            tracing.db(f'SELECT * FROM line WHERE email = "user{index}@example.com" # by {index}', system="mysql")
+    event = tracing.events("GET items/")["db.repeated_queries"]
+    assert (event["budget.statement"], event["budget.actual"]) == ("SELECT * FROM line WHERE email = ?", 6)
+
+
 def test_counts_every_db_metric_old_semconv(tracing: Tracing) -> None:
     """Queries, time and repeats per system, from db.system/db.statement."""
     with tracing.request():
@@ -426,10 +448,10 @@ def test_a_statement_that_cannot_be_normalised_costs_only_itself(
 
     original = tally_module.normalize_sql
 
-    def normalize_sql(statement: str) -> str:
+    def normalize_sql(statement: str, *dialect: str) -> str:
         if "poison" in statement:
             raise ValueError("injected")
-        return original(statement)
+        return original(statement, *dialect)
 
     monkeypatch.setattr(tally_module, "normalize_sql", normalize_sql)
     _ratelimit.reset()

@@ -84,6 +84,44 @@ def test_decode_names_a_request_without_route_unmatched() -> None:
     assert (result.kind, result.name, result.method) == ("http", "GET unmatched", "GET")
 
 
+def test_decode_names_a_request_without_route_as_the_processor_does() -> None:
+    """A route-less request is `<method> unmatched`, never its span's name (a raw path under ASGI)."""
+    common = {"budget.violations": 0, "budget.rule": "http"}
+    for attributes, span_name, expected in [
+        ({"http.method": "GET", "http.target": "/aorm/20/"}, "GET /aorm/20/", "GET unmatched"),
+        ({"http.request.method": "POST", "url.path": "/aorm/21/"}, "POST /aorm/21/", "POST unmatched"),
+        ({}, "/aorm/22/", "HTTP unmatched"),
+    ]:
+        result = spanformat.decode({**common, **attributes}, [], span_name=span_name, span_kind="server", trace_id=1, span_id=2)
+        assert result is not None
+        assert (result.kind, result.name) == ("http", expected)
+
+
+def test_decode_span_agrees_with_the_processor_on_unrouted_requests() -> None:
+    """An ASGI request that matched no route: the processor's result and `decode_span` of its span have one name."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.trace import SpanKind
+
+    from otel_budget import BudgetSpanProcessor
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    processor = BudgetSpanProcessor()
+    published: list[ScopeResult] = []
+    processor.add_listener(published.append)
+    provider.add_span_processor(processor)
+    attributes = {"http.request.method": "GET", "url.path": "/aorm/20/", "http.scheme": "http"}
+    with provider.get_tracer("asgi").start_as_current_span("GET /aorm/20/", kind=SpanKind.SERVER, attributes=attributes):
+        pass
+    provider.shutdown()
+    (span,) = exporter.get_finished_spans()
+    decoded = spanformat.decode_span(span)
+    assert decoded is not None and [result.name for result in published] == [decoded.name] == ["GET unmatched"]
+
+
 def test_event_identity_per_kind() -> None:
     """Events name the route and method, the task or the scope."""
     base = ScopeResult(

@@ -43,10 +43,10 @@ def install_faults() -> None:
 def _hostile_normalisation() -> None:
     original = tally_module.normalize_sql
 
-    def normalize_sql(statement: str) -> str:
+    def normalize_sql(statement: str, *dialect: str) -> str:
         if FAULT_MARKER in statement:
             raise InjectedFault("injected: statement normalisation failed")
-        return original(statement)
+        return original(statement, *dialect)
 
     tally_module.normalize_sql = normalize_sql
 
