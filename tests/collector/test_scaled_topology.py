@@ -1,7 +1,7 @@
 """The scaled topology for real: agent.yaml and gateway.yaml on the built collector, traffic through agent + 2 gateways.
 
-The run swaps the shared stack's collector for the agent and back: hold the servers lock,
-`flock /tmp/otel-budget-servers.lock pytest tests/collector`.
+The run starts its own agent and gateways beside the shared stack (stack.scaled_copy: the shared ports
++ 20000): hold the servers lock, `flock /tmp/otel-budget-servers.lock pytest tests/collector`.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from scaled_traffic import (
     accepted_spans,
     binomial_interval,
     counted_violations,
+    Topology,
     scaled_topology,
     send_traces,
     wait_for_jaeger,
@@ -72,20 +73,21 @@ def probabilistic_share() -> float:
 
 
 @pytest.fixture(scope="module")
-def scaled_stack() -> Iterator[None]:
-    with scaled_topology():
-        yield
+def scaled_stack() -> Iterator[Topology]:
+    with scaled_topology() as topology:
+        yield topology
 
 
 @pytest.fixture(scope="module")
-def run(scaled_stack: None) -> tuple[str, SentTraces, dict[int, int], tuple[int, int]]:
+def run(scaled_stack: Topology) -> tuple[str, SentTraces, dict[int, int], tuple[int, int]]:
     """200 traces sent to the agent; what Jaeger holds of them; spans each gateway accepted."""
     service = f"scaled-topology-{uuid.uuid4().hex[:8]}"
-    before = accepted_spans(8890), accepted_spans(8891)
-    sent = send_traces(service)
+    ports = [gateway.ports[1] for gateway in scaled_stack.gateways]
+    before = accepted_spans(ports[0]), accepted_spans(ports[1])
+    sent = send_traces(service, scaled_stack.endpoint)
     must_keep = len(sent.ids("over_budget", "error", "slow"))
     held = wait_for_jaeger(service, at_least=must_keep, timeout=60)  # decision_wait is 10 s
-    accepted = accepted_spans(8890) - before[0], accepted_spans(8891) - before[1]
+    accepted = accepted_spans(ports[0]) - before[0], accepted_spans(ports[1]) - before[1]
     kept = {kind: f"{len(ids & held.keys())}/{len(ids)}" for kind, ids in sent.by_kind.items()}
     print(f"kept in Jaeger {kept}; spans per gateway {accepted}; "
           f"plain interval {binomial_interval(len(sent.ids('plain')), probabilistic_share(), tail=0.0005)}")
@@ -127,7 +129,8 @@ def test_the_rest_is_kept_at_the_probabilistic_share(
     assert held.keys() <= sent.ids(*sent.by_kind)
 
 
-def test_the_agent_counts_every_violation(run: tuple[str, SentTraces, dict[int, int], tuple[int, int]]) -> None:
-    """budget_violations_total on the agent's exporter (:8889) is exactly the events sent, per metric."""
+def test_the_agent_counts_every_violation(
+        scaled_stack: Topology, run: tuple[str, SentTraces, dict[int, int], tuple[int, int]]) -> None:
+    """budget_violations_total on the agent's Prometheus exporter is exactly the events sent, per metric."""
     service, sent, _, _ = run
-    assert counted_violations(service) == sent.events
+    assert counted_violations(service, scaled_stack.exporter_port) == sent.events
