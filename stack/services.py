@@ -388,7 +388,8 @@ class AgentCopy(Agent):
     def __init__(self, offset: int, gateways: list[Gateway], *, prefix: str = "test-") -> None:
         self.name = f"{prefix}agent"
         self.offset = offset
-        self.ports = tuple(port + offset for port in Collector.ports)
+        grpc, otlp_http, exporter, telemetry = Collector.ports
+        self.ports = (grpc + offset, otlp_http + offset, exporter + offset, telemetry + offset)
         self.gateways = gateways
         self.address = (f"OTLP 127.0.0.1:{self.ports[0]}/{self.ports[1]}, prometheus exporter "
                         f"127.0.0.1:{self.ports[2]}, own metrics :{self.ports[3]} -> {', '.join(g.name for g in gateways)}")
