@@ -6,7 +6,9 @@ The run starts its own agent and gateways beside the shared stack (stack.scaled_
 
 from __future__ import annotations
 
+import socket
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +32,12 @@ from scaled_traffic import (
 
 CONFIGS = Path(__file__).resolve().parents[2] / "collector-config"
 GATEWAY_ENV = {"GATEWAY_OTLP_PORT": "4417", "GATEWAY_METRICS_PORT": "8890"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def load(name: str) -> Any:
@@ -134,3 +142,43 @@ def test_the_agent_counts_every_violation(
     """budget_violations_total on the agent's Prometheus exporter is exactly the events sent, per metric."""
     service, sent, _, _ = run
     assert counted_violations(service, scaled_stack.exporter_port) == sent.events
+
+
+def test_validate_names_a_malformed_traces_endpoint() -> None:
+    """A gateway whose Jaeger endpoint is not host:port: `validate` fails naming the exporter and the port."""
+    result = validate("gateway.yaml", {**GATEWAY_ENV, "OTEL_BUDGET_TRACES_ENDPOINT": "jaeger:notaport"})
+    assert result.returncode != 0
+    assert 'exporters::otlp_grpc/jaeger::clientconfig: invalid port "notaport"' in result.stdout
+
+
+def test_a_gateway_port_that_is_not_a_port_stops_it_at_start() -> None:
+    """GATEWAY_OTLP_PORT=abc passes `validate` (it is only a string there) but the gateway exits at once, saying why."""
+    env = {**GATEWAY_ENV, "GATEWAY_OTLP_PORT": "abc", "GATEWAY_METRICS_PORT": str(free_port())}
+    assert validate("gateway.yaml", env).returncode == 0
+    result = subprocess.run([stack.collector_bin(), f"--config={CONFIGS / 'gateway.yaml'}"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False, timeout=60)
+    assert result.returncode != 0
+    assert 'failed to start "otlp" receiver: listen tcp: lookup tcp/abc: unknown port' in result.stdout
+
+
+def test_an_agent_whose_gateways_do_not_answer_still_counts() -> None:
+    """The agent sending to gateway ports nobody listens on: the sender's exports succeed, the counts are exact."""
+    topology = Topology(stack.scaled_copy(offset=21000, prefix="dead-gateways-"))  # the gateways never started
+    agent = topology.agent
+    if any(stack.port_open(p) for c in topology.collectors for p in c.ports):
+        pytest.fail(f"a port of {[c.ports for c in topology.collectors]} is taken", pytrace=False)
+    try:
+        topology.start(agent)
+        service = f"dead-gateways-{uuid.uuid4().hex[:8]}"
+        sent = send_traces(service, topology.endpoint, count=50)
+        assert set(sent.export_results) == {SpanExportResult.SUCCESS}
+        deadline = time.monotonic() + 20
+        while counted_violations(service, topology.exporter_port) != sent.events and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert counted_violations(service, topology.exporter_port) == sent.events
+        deadline = time.monotonic() + 20
+        while "Exporting failed" not in Path(agent.log_path).read_text() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert f"127.0.0.1:{topology.gateways[0].ports[0]}" in Path(agent.log_path).read_text()
+    finally:
+        agent.stop()
