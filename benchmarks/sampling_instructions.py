@@ -9,7 +9,9 @@ so every configuration samples the same scopes:
     valgrind --tool=callgrind --callgrind-out-file=/dev/null python benchmarks/sampling_instructions.py "otel 1%" 200
     valgrind --tool=callgrind --callgrind-out-file=/dev/null python benchmarks/sampling_instructions.py "otel 1%" 600
 
-(difference) / 400 = instructions per scope.
+(difference) / 400 = instructions per scope. With a third argument `cpu`, it prints the process's CPU
+seconds per scope instead (all threads, the exporter's included; `time.process_time`), for a loaded
+machine where callgrind is too slow: run the configurations alternately, several rounds.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import os
 import random
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -74,8 +77,8 @@ class SeededIds(IdGenerator):
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 2 or argv[0] not in CONFIGS:
-        print(f"usage: sampling_instructions.py CONFIG SCOPES; CONFIG one of {sorted(CONFIGS)}", file=sys.stderr)
+    if len(argv) not in (2, 3) or argv[0] not in CONFIGS:
+        print(f"usage: sampling_instructions.py CONFIG SCOPES [cpu]; CONFIG one of {sorted(CONFIGS)}", file=sys.stderr)
         return 2
     sampler, budget = CONFIGS[argv[0]]
     meter_provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
@@ -85,10 +88,18 @@ def main(argv: list[str]) -> int:
     if budget:  # every request tallied (OTEL_BUDGET_SAMPLING=all), histograms on, as under opentelemetry-instrument
         otel_budget.install(provider, meter_provider=meter_provider)
     tracer = provider.get_tracer("bench")
-    for _ in range(WARM_UP + int(argv[1])):
+    for _ in range(WARM_UP):
         one_scope(tracer)
+    provider.force_flush()
+    cpu0 = time.process_time()
+    for _ in range(int(argv[1])):
+        one_scope(tracer)
+    provider.force_flush()  # the exporter thread's encoding of these scopes, in the same process time
+    cpu = time.process_time() - cpu0
     provider.shutdown()
     meter_provider.shutdown()
+    if argv[2:] == ["cpu"]:
+        print(f"{argv[0]}|{cpu / int(argv[1]) * 1e6:.1f}")
     print(f"{argv[0]}: {exporter.size} bytes of OTLP encoded", file=sys.stderr)
     return 0
 
