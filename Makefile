@@ -57,5 +57,9 @@ test: stack venv test-tools
 demo: stack venv
 	$(VPY) examples/demo.py
 
+# The e2e benchmark drives the shop with wrk (a Debian package).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo -n)
 bench: venv stack
+	@command -v wrk >/dev/null || $(SUDO) apt-get install -y -q --no-install-recommends wrk \
+		|| { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q --no-install-recommends wrk; }
 	$(VPY) benchmarks/run.py

@@ -41,6 +41,31 @@ SHOP_DIR = REPO / "examples" / "shop"
 HOST = "127.0.0.1"
 CONFIGS = ("none", "otel", "otel+budget", "otel+budget,no-metrics", "otel (control)")
 BASELINE = "otel"
+# `--e2e-sampling R`: head sampling at ratio R (parentbased_traceidratio). Plain OTel at 100 % and at R,
+# otel-budget at R (every request still tallied, over-budget traces exported), and a control at R.
+# Each exports OTLP to a sink collector of the run's own (debug exporter, nothing kept), so what the
+# servers pay for exporting is real and the shared collector and Jaeger see none of it.
+SAMPLING_CONFIGS = ("otel 100%", "otel {r}", "otel+budget {r}", "otel {r} (control)")
+SAMPLING_BASELINE = "otel {r}"
+SINK_CONFIG = """
+receivers:
+  otlp:
+    protocols:
+      grpc:
+        endpoint: {host}:{port}
+exporters:
+  debug:
+    verbosity: basic
+    sampling_initial: 1
+    sampling_thereafter: 100000
+service:
+  telemetry:
+    metrics:
+      level: none
+  pipelines:
+    traces: {{receivers: [otlp], exporters: [debug]}}
+    metrics: {{receivers: [otlp], exporters: [debug]}}
+"""
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -102,7 +127,10 @@ def _process_tree_cpu(pid: int) -> float:
 class Server:
     """One gunicorn serving the shop on its own port, in its own session (stopped as a group)."""
 
-    def __init__(self, config: str, port: int, *, workers: int, threads: int, exporter: str, log_dir: Path) -> None:
+    def __init__(
+        self, config: str, port: int, *, workers: int, threads: int, exporter: str, log_dir: Path,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:  # fmt: skip
         sys.path.insert(0, str(SHOP_DIR))
         from processes import ShopProcesses  # the shop's own environment: settings, OTLP, budgets
 
@@ -123,6 +151,7 @@ class Server:
             # The same install either way; only the environment differs.
             env["OTEL_BUDGET_ENABLED"] = "true" if config.startswith("otel+budget") else "false"
             env["OTEL_BUDGET_METRICS"] = "false" if config == "otel+budget,no-metrics" else "true"
+            env.update(extra_env or {})
         self.log_path = log_dir / f"gunicorn-{port}.log"
         if _port_open(port):
             raise RuntimeError(f"port {port} is taken; pick others with --e2e-port")
@@ -209,6 +238,36 @@ def setup_shop() -> None:
     )  # fmt: skip
 
 
+class Sink:
+    """A collector of the run's own that receives OTLP and keeps nothing (the sampling mode's export target)."""
+
+    def __init__(self, port: int, log_dir: Path) -> None:
+        sys.path.insert(0, str(REPO))
+        from stack import collector_bin  # the stack's collector binary (make stack builds it)
+
+        config = log_dir / "sink.yaml"
+        config.write_text(SINK_CONFIG.format(host=HOST, port=port))
+        if _port_open(port):
+            raise RuntimeError(f"port {port} is taken; pick others with --e2e-port")
+        with open(log_dir / "sink.log", "ab") as log:
+            self.process = subprocess.Popen([collector_bin(), f"--config={config}"], stdout=log, stderr=subprocess.STDOUT,
+                                            stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+        deadline = time.monotonic() + 30
+        while not _port_open(port):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the sink collector did not listen on {port}: see {log_dir / 'sink.log'}")
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=15)
+
+
+def start_sink(port: int, log_dir: Path) -> Sink:
+    return Sink(port, log_dir)
+
+
 def run(
     *,
     rounds: int = 5,
@@ -221,9 +280,13 @@ def run(
     workers: int = 2,
     threads: int = 4,
     exporter: str = "auto",
+    sampling: float | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """`rounds` rounds of `duration` s per configuration, in `burst`-second turns; medians and spreads over rounds."""
+    """`rounds` rounds of `duration` s per configuration, in `burst`-second turns; medians and spreads over rounds.
+
+    With `sampling`, the configurations are SAMPLING_CONFIGS at that head-sampling ratio.
+    """
     if shutil.which("wrk") is None:
         raise RuntimeError("wrk not found: apt-get install wrk")
     for name, service_port in (("PostgreSQL", 5432), ("FerretDB", 27017)):
@@ -231,37 +294,49 @@ def run(
             raise RuntimeError(f"{name} is not on {HOST}:{service_port}: make stack")
     if exporter == "auto":
         exporter = "otlp" if _port_open(4317) else "none"
+    configs, baseline, collector_port = CONFIGS, BASELINE, 4317
+    extra_env: dict[str, dict[str, str]] = {}
+    if sampling is not None:
+        label = f"{sampling:.0%}" if sampling >= 0.01 else f"{sampling:.1%}"
+        configs = tuple(c.format(r=label) for c in SAMPLING_CONFIGS)
+        baseline, exporter, collector_port = SAMPLING_BASELINE.format(r=label), "otlp", port + len(configs)
+        for config in configs:
+            extra_env[config] = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://{HOST}:{collector_port}",
+                                 "OTEL_TRACES_SAMPLER": "parentbased_always_on" if "100%" in config
+                                 else "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": str(sampling)}  # fmt: skip
     setup_shop()
     log_dir = Path(tempfile.mkdtemp(prefix="otel-budget-bench-"))
     script = log_dir / "report.lua"
     script.write_text(WRK_SCRIPT)
     path = f"/probe/queries/?pg={pg}&mongo={mongo}"
     servers: dict[str, Server] = {}
+    sink = start_sink(collector_port, log_dir) if sampling is not None else None
     try:
-        for index, config in enumerate(CONFIGS):
+        for index, config in enumerate(configs):
             servers[config] = Server(
-                config, port + index, workers=workers, threads=threads, exporter=exporter, log_dir=log_dir
-            )
+                config, port + index, workers=workers, threads=threads, exporter=exporter, log_dir=log_dir,
+                extra_env=extra_env.get(config),
+            )  # fmt: skip
         for server in servers.values():
             server.wait_healthy()
         for server in servers.values():  # warm-up: imports, connections, caches
             wrk(server.url + path, seconds=3, connections=connections, script=script)
-        samples: dict[str, list[dict[str, float]]] = {config: [] for config in CONFIGS}
+        samples: dict[str, list[dict[str, float]]] = {config: [] for config in configs}
         discarded = 0
         number = 0
         turns = max(1, round(duration / burst))
         while number < rounds:
-            tallies = {config: Tally() for config in CONFIGS}
+            tallies = {config: Tally() for config in configs}
             collector_ok = True
             for turn in range(turns):
-                shift = (number + turn) % len(CONFIGS)
-                for config in CONFIGS[shift:] + CONFIGS[:shift]:  # rotate: no configuration always first
+                shift = (number + turn) % len(configs)
+                for config in configs[shift:] + configs[:shift]:  # rotate: no configuration always first
                     server = servers[config]
-                    collector_ok = collector_ok and (exporter != "otlp" or _port_open(4317))
+                    collector_ok = collector_ok and (exporter != "otlp" or _port_open(collector_port))
                     cpu0 = server.cpu_seconds()
                     result = wrk(server.url + path, seconds=burst, connections=connections, script=script)
                     tallies[config].add(result, server.cpu_seconds() - cpu0)
-                    collector_ok = collector_ok and (exporter != "otlp" or _port_open(4317))
+                    collector_ok = collector_ok and (exporter != "otlp" or _port_open(collector_port))
             if not collector_ok:  # the shared collector went away (someone's outage test): export cost changed
                 discarded += 1
                 log(f"  e2e round {number + 1}: the collector was down during the round; discarded, repeating")
@@ -274,18 +349,20 @@ def run(
             number += 1
             log(
                 f"  e2e round {number}/{rounds}: "
-                + ", ".join(f"{c} {samples[c][-1]['requests_per_s']:.1f} req/s" for c in CONFIGS)
+                + ", ".join(f"{c} {samples[c][-1]['requests_per_s']:.1f} req/s" for c in configs)
             )
     finally:
         for server in servers.values():
             server.stop()
+        if sink is not None:
+            sink.stop()
     metrics = ("requests_per_s", "p50_us", "p99_us", "server_cpu_us_per_request")
     ratios: dict[str, dict[str, Any]] = {}
-    for config in CONFIGS:
-        if config == BASELINE:
+    for config in configs:
+        if config == baseline:
             continue
         ratios[config] = {
-            metric: summary([s[metric] / b[metric] for s, b in zip(samples[config], samples[BASELINE])])
+            metric: summary([s[metric] / b[metric] for s, b in zip(samples[config], samples[baseline])])
             for metric in metrics
         }
     return {
@@ -297,8 +374,10 @@ def run(
         "exporter": exporter,
         "discarded_rounds": discarded,
         "burst_s": burst,
-        "errors": {c: sum(s["errors"] for s in samples[c]) for c in CONFIGS},
-        "configs": {c: {m: summary([s[m] for s in samples[c]]) for m in metrics} for c in CONFIGS},
+        "sampling": sampling,
+        "baseline": baseline,
+        "errors": {c: sum(s["errors"] for s in samples[c]) for c in configs},
+        "configs": {c: {m: summary([s[m] for s in samples[c]]) for m in metrics} for c in configs},
         "ratios": ratios,
         "samples": samples,
         "logs": str(log_dir),

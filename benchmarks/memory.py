@@ -97,6 +97,57 @@ def state_worker(open_scopes: int, children: int) -> dict[str, Any]:
     return {"bytes_per_scope": total / open_scopes, "by_file": by_file, "open_scopes": open_scopes, "children": children}
 
 
+def held_worker(open_scopes: int, children: int, sampling: str, trace_malloc: bool = True) -> dict[str, Any]:
+    """Memory held while `open_scopes` unsampled scopes (ALWAYS_OFF) are open, each with `children` ended DB spans.
+
+    `sampling` is OTEL_BUDGET_SAMPLING's value: `all` records the spans and holds them until the scope
+    ends (over budget they are exported); `follow` drops them (nothing held). Everything allocated is
+    traced, the SDK's spans included: held spans are the SDK's objects. Without `trace_malloc`, only
+    RSS is read (tracemalloc's own bookkeeping would inflate it).
+    """
+    from _common import DB_STATEMENTS, db_attributes
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+    from opentelemetry.trace import SpanKind
+
+    import otel_budget
+
+    provider = TracerProvider(sampler=ALWAYS_OFF)
+    processor = otel_budget.install(provider, record_metrics=False, sampling=sampling,
+                                    max_open_scopes=open_scopes + 1)  # fmt: skip
+    assert processor is not None
+    tracer = provider.get_tracer("bench")
+    warm = tracer.start_span("warm-up", kind=SpanKind.SERVER)
+    _children(tracer, warm, children, DB_STATEMENTS, db_attributes)
+    warm.end()
+    gc.collect()
+    rss0 = _rss_mib()
+    if trace_malloc:
+        tracemalloc.start(1)
+        before = tracemalloc.take_snapshot()
+    spans = []
+    for _ in range(open_scopes):
+        span = tracer.start_span("GET products/", kind=SpanKind.SERVER, attributes={"http.method": "GET"})
+        with trace.use_span(span):
+            span.set_attribute("http.route", "products/")
+        _children(tracer, span, children, DB_STATEMENTS, db_attributes)
+        spans.append(span)
+    gc.collect()
+    total = 0
+    if trace_malloc:
+        after = tracemalloc.take_snapshot()
+        tracemalloc.stop()
+        total = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
+    rss1 = _rss_mib()
+    held = processor._held.count if processor._held is not None else 0
+    for span in spans:
+        span.end()
+    return {"sampling": sampling, "open_scopes": open_scopes, "children": children, "held_spans": held,
+            "traced_mib": round(total / 2**20, 2), "bytes_per_scope": round(total / open_scopes),
+            "rss_growth_mib": round(rss1 - rss0, 2)}
+
+
 def _children(tracer: Any, scope_span: Any, count: int, statements: Any, attributes: Any) -> None:
     from opentelemetry import trace
     from opentelemetry.trace import SpanKind
@@ -134,6 +185,8 @@ if __name__ == "__main__" and sys.argv[1:2] == ["worker"]:
     kind, *rest = sys.argv[2:]
     if kind == "growth":
         result = growth_worker(rest[0], int(rest[1]), [int(c) for c in rest[2].split(",")])
+    elif kind == "held":
+        result = held_worker(int(rest[0]), int(rest[1]), rest[2], rest[3:4] != ["rss"])
     else:
         result = state_worker(int(rest[0]), int(rest[1]))
     print(json.dumps(result))

@@ -44,6 +44,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--connections", type=int, default=8, help="e2e: wrk connections (fixed concurrency)")
     parser.add_argument("--e2e-burst", type=int, default=4, help="e2e: seconds per turn (configurations alternate)")
     parser.add_argument("--e2e-port", type=int, default=8101, help="e2e: first of five free ports for the servers")
+    parser.add_argument("--e2e-sampling", type=float, default=None,
+                        help="e2e: head sampling at this ratio: plain OTel at 100 %% and at it, otel-budget at it, a control")
     parser.add_argument("--e2e-exporter", choices=["auto", "otlp", "none"], default="auto",
                         help="e2e: OTEL_{TRACES,METRICS}_EXPORTER; auto = otlp to the stack's collector if it is up")  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="tiny sizes, to check the harness (figures meaningless)")
@@ -133,7 +135,7 @@ def table(results: dict[str, Any]) -> str:
                     f"{fmt_spread(stats['p50_us'], '{:.1f}', 1e-3):>18} {fmt_spread(stats['p99_us'], '{:.1f}', 1e-3):>18} "
                     f"{fmt_spread(stats['server_cpu_us_per_request'], '{:.2f}', 1e-3):>20}"
                 )
-            add(f"  {'vs otel':24} {'req/s ratio':>18} {'p50 ratio':>18} {'p99 ratio':>18} {'CPU/req ratio':>20}")
+            add(f"  {'vs ' + r.get('baseline', 'otel'):24} {'req/s ratio':>18} {'p50 ratio':>18} {'p99 ratio':>18} {'CPU/req ratio':>20}")
             for name, ratio in r["ratios"].items():
                 add(
                     f"  {name:24} {fmt_spread(ratio['requests_per_s'], '{:.3f}'):>18} {fmt_spread(ratio['p50_us'], '{:.3f}'):>18} "
@@ -184,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
                 connections=args.connections,
                 port=args.e2e_port,
                 exporter=args.e2e_exporter,
+                sampling=args.e2e_sampling,
                 log=log,
             )
         except (RuntimeError, OSError, subprocess.CalledProcessError) as exc:

@@ -9,7 +9,7 @@ from .builds import collector_bin
 from .commands import main
 from .processes import listener_pid, pid_alive, port_open
 from .progress import StackError
-from .services import BY_NAME, SERVICES, Service
+from .services import BY_NAME, SERVICES, Service, scaled_copy
 from .settings import CACHE_DIR, LOG_DIR, STACK_DIR
 
 __all__ = [
@@ -25,4 +25,5 @@ __all__ = [
     "main",
     "pid_alive",
     "port_open",
+    "scaled_copy",
 ]

@@ -38,6 +38,7 @@ __all__ = [
     "SCALED_SERVICES",
     "SERVICES",
     "Agent",
+    "AgentCopy",
     "Collector",
     "FerretDB",
     "Gateway",
@@ -47,6 +48,7 @@ __all__ = [
     "Redis",
     "Service",
     "render_prometheus_config",
+    "scaled_copy",
     "validate_collector_config",
 ]
 
@@ -350,17 +352,18 @@ class Collector(Service):
         validate_collector_config(self.config)
 
     def health(self) -> str | None:
+        grpc, otlp_http, exporter, telemetry = self.ports
         try:
-            code, body = http("POST", "http://127.0.0.1:4318/v1/traces", b"{}",
+            code, body = http("POST", f"http://127.0.0.1:{otlp_http}/v1/traces", b"{}",
                               {"Content-Type": "application/json"})
             if code != 200:
-                return f"POST :4318/v1/traces -> {code} {body[:200]!r}"
-            reason = telemetry_health(8888, self.telemetry_name)
+                return f"POST :{otlp_http}/v1/traces -> {code} {body[:200]!r}"
+            reason = telemetry_health(telemetry, self.telemetry_name)
             if reason:
                 return reason
         except OSError as e:
             return f"{e}"
-        for port, what in ((4317, "OTLP gRPC"), (8889, "prometheus exporter")):
+        for port, what in ((grpc, "OTLP gRPC"), (exporter, "prometheus exporter")):
             if not port_open(port):
                 return f"{what} port {port} closed"
         return None
@@ -375,11 +378,61 @@ class Agent(Collector):
     telemetry_name = "otelcol-budget-agent"
 
 
+class AgentCopy(Agent):
+    """agent.yaml with every port shifted by `offset`, sending to `gateways`: a scaled topology beside the stack's.
+
+    The tests run one (tests/collector) so that the shared collector on 4317/8889 is never swapped out.
+    Its rendered config lives in the stack's log dir, beside its pid file.
+    """
+
+    def __init__(self, offset: int, gateways: list[Gateway], *, prefix: str = "test-") -> None:
+        self.name = f"{prefix}agent"
+        self.offset = offset
+        grpc, otlp_http, exporter, telemetry = Collector.ports
+        self.ports = (grpc + offset, otlp_http + offset, exporter + offset, telemetry + offset)
+        self.gateways = gateways
+        self.address = (f"OTLP 127.0.0.1:{self.ports[0]}/{self.ports[1]}, prometheus exporter "
+                        f"127.0.0.1:{self.ports[2]}, own metrics :{self.ports[3]} -> {', '.join(g.name for g in gateways)}")
+
+    @property
+    def config(self) -> str:  # type: ignore[override]
+        return os.path.join(LOG_DIR, f"{self.name}.yaml")
+
+    def render(self) -> str:
+        """agent.yaml's text with this copy's ports (the endpoints are written out literally there)."""
+        with open(AGENT_CONFIG) as f:
+            text = f.read()
+        grpc, otlp_http, exporter, telemetry = self.ports
+        for old, new in (("127.0.0.1:4317", grpc), ("127.0.0.1:4318", otlp_http), ("127.0.0.1:8889", exporter),
+                         ("port: 8888", telemetry), ("127.0.0.1:4417", self.gateways[0].ports[0]),
+                         ("127.0.0.1:4427", self.gateways[1].ports[0])):
+            if old not in text:
+                raise StackError(f"{AGENT_CONFIG} no longer says {old!r}: AgentCopy cannot shift its ports")
+            text = text.replace(old, old[:-4] + str(new))
+        return text.replace("127.0.0.1:8888", f"127.0.0.1:{telemetry}")  # in a comment only
+
+    def fingerprint(self) -> str:
+        return f"{collector_bin()} {sha12(AGENT_CONFIG)} {self.ports}"
+
+    def prepare(self) -> None:
+        os.makedirs(LOG_DIR, exist_ok=True)
+        with open(self.config, "w") as f:
+            f.write(self.render())
+        validate_collector_config(self.config)
+
+
+def scaled_copy(offset: int = 20000, prefix: str = "test-") -> list[Service]:
+    """The scaled topology's three collectors on the shared ports + `offset`, in start order (gateways first)."""
+    gateways = [Gateway(g.number, g.ports[0] + offset, g.ports[1] + offset, prefix=prefix) for g in GATEWAYS]
+    return [*gateways, AgentCopy(offset, gateways, prefix=prefix)]
+
+
 class Gateway(Service):
     """A tail-sampling gateway collector (collector-config/gateway.yaml) on its own pair of ports."""
 
-    def __init__(self, number: int, otlp_port: int, metrics_port: int) -> None:
-        self.name = f"gateway{number}"
+    def __init__(self, number: int, otlp_port: int, metrics_port: int, *, prefix: str = "") -> None:
+        self.name = f"{prefix}gateway{number}"
+        self.number = number
         self.ports = (otlp_port, metrics_port)
         self.address = f"OTLP 127.0.0.1:{otlp_port} (gRPC), own metrics :{metrics_port} -> Jaeger"
 

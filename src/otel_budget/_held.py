@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 __all__ = ["DEFAULT_MAX_HELD", "DEFAULT_MAX_HELD_PER_SCOPE", "HeldSpans", "sampled_copy"]
 
-DEFAULT_MAX_HELD = 10_000  # spans held at once, all scopes (a few MB)
+DEFAULT_MAX_HELD = 10_000  # spans held at once, all scopes (~32 MiB of SDK DB spans, docs/benchmarks.md)
 DEFAULT_MAX_HELD_PER_SCOPE = 1_000
 _EXPORTING = (BatchSpanProcessor, SimpleSpanProcessor)
 

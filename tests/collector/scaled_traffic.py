@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import pytest
 import stack
+from stack.commands import wait_healthy
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
@@ -28,19 +29,60 @@ SCALED = ["gateway1", "gateway2", "agent"]
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
+@dataclass(frozen=True)
+class Topology:
+    """The test's own agent and two gateways (stack.scaled_copy), beside the shared stack's collector."""
+
+    collectors: list[stack.Service]
+
+    @property
+    def gateways(self) -> list[stack.Service]:
+        return self.collectors[:2]
+
+    @property
+    def agent(self) -> stack.Service:
+        return self.collectors[2]
+
+    @property
+    def endpoint(self) -> str:
+        """The agent's OTLP gRPC address."""
+        return f"127.0.0.1:{self.agent.ports[0]}"
+
+    @property
+    def exporter_port(self) -> int:
+        """The agent's Prometheus exporter (the count connector's totals, the apps' metrics)."""
+        return self.agent.ports[2]
+
+    def start(self, service: stack.Service) -> None:
+        """Start `service` (one of ours) and wait until it answers; the test fails, naming why, if it does not."""
+        pid = service.start()
+        error = wait_healthy(service, pid)
+        if error:
+            pytest.fail(error, pytrace=False)
+
+
 @contextlib.contextmanager
-def scaled_topology() -> Iterator[None]:
-    """The agent and both gateways in place of the shared stack's collector; the collector back afterwards."""
-    for name in ("jaeger", "collector"):
-        reason = stack.BY_NAME[name].health()
-        if reason is not None:
-            pytest.fail(f"{name} is not healthy ({reason}); start the stack: make stack", pytrace=False)
+def scaled_topology() -> Iterator[Topology]:
+    """The agent and both gateways on ports of their own (shared ports + 20000), stopped afterwards.
+
+    The shared stack's collector is never swapped out: other engineers' runs keep it. Jaeger is shared
+    (the gateways export there); every test tells its traces apart by a service name of its own.
+    """
+    reason = stack.BY_NAME["jaeger"].health()
+    if reason is not None:
+        pytest.fail(f"jaeger is not healthy ({reason}); start the stack: make stack", pytrace=False)
+    topology = Topology(stack.scaled_copy())
+    busy = [p for c in topology.collectors for p in c.ports if stack.port_open(p) and not c.our_pid()]
+    if busy:
+        pytest.fail(f"ports {busy} of the test's scaled topology are taken by another process", pytrace=False)
     try:
-        assert stack.main(["up", *SCALED]) == 0, "python3 stack/stack.py up gateway1 gateway2 agent failed"
-        yield
+        for collector in topology.collectors:
+            if collector.our_pid() is None:
+                topology.start(collector)
+        yield topology
     finally:
-        assert stack.main(["up", "collector"]) == 0
-        assert stack.main(["down", "gateway1", "gateway2"]) == 0
+        for collector in reversed(topology.collectors):
+            collector.stop()
 
 
 class RecordingExporter(SpanExporter):
@@ -83,7 +125,7 @@ def kind_of(i: int) -> str:
     return "plain"
 
 
-def send_traces(service: str, count: int = 200, endpoint: str = "127.0.0.1:4317",
+def send_traces(service: str, endpoint: str, count: int = 200,
                 on_trace: Callable[[int], None] | None = None) -> SentTraces:
     """Send `count` traces of SPANS_PER_TRACE spans each over OTLP gRPC, head sampling off.
 
@@ -153,8 +195,8 @@ def scrape(port: int) -> str:
         return str(response.read().decode())
 
 
-def counted_violations(service: str, port: int = 8889) -> Counter[str]:
-    """The count connector's budget_exceeded_events_total per budget_metric for `service`, from the agent's exporter."""
+def counted_violations(service: str, port: int) -> Counter[str]:
+    """The count connector's budget_exceeded_events_total per budget_metric for `service`, from the agent's exporter on `port`."""
     totals: Counter[str] = Counter()
     for line in scrape(port).splitlines():
         if line.startswith("budget_exceeded_events_total{") and f'service_name="{service}"' in line:

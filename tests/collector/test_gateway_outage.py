@@ -15,9 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import stack
 from opentelemetry.sdk.trace.export import SpanExportResult
-from scaled_traffic import SPANS_PER_TRACE, counted_violations, jaeger_span_counts, scaled_topology, send_traces
+from scaled_traffic import (
+    SPANS_PER_TRACE,
+    Topology,
+    counted_violations,
+    jaeger_span_counts,
+    scaled_topology,
+    send_traces,
+)
 
 TRACES, KILL_AT, PACE = 300, 150, 0.02  # 300 traces over ~6 s, gateway2 SIGKILLed before trace 150
 DECISION_WAIT = 10.0  # gateway.yaml
@@ -27,27 +33,27 @@ FIGURES = Path(os.environ.get("OTEL_BUDGET_STACK_DIR", "/tmp/otel-budget-stack")
 @pytest.fixture(scope="module")
 def outage() -> Iterator[dict[str, Any]]:
     """Traffic through agent + 2 gateways, gateway2 killed mid-run, then restarted; the figures."""
-    with scaled_topology():
-        yield run_outage(f"gateway-outage-{uuid.uuid4().hex[:8]}")
+    with scaled_topology() as topology:
+        yield run_outage(topology, f"gateway-outage-{uuid.uuid4().hex[:8]}")
 
 
-def run_outage(service: str) -> dict[str, Any]:
+def run_outage(topology: Topology, service: str) -> dict[str, Any]:
     killed_at: list[float] = []
 
     def on_trace(i: int) -> None:
         time.sleep(PACE)
         if i == KILL_AT:
-            pid = stack.BY_NAME["gateway2"].our_pid()
-            assert pid, "gateway2 is not running"
+            pid = topology.gateways[1].our_pid()
+            assert pid, "the second gateway is not running"
             os.kill(pid, signal.SIGKILL)
             killed_at.append(time.monotonic())
 
-    sent = send_traces(service, TRACES, on_trace=on_trace)
+    sent = send_traces(service, topology.endpoint, TRACES, on_trace=on_trace)
     over = sent.ids("over_budget")
     time.sleep(DECISION_WAIT + 6)  # gateway1 decides its last traces, batches, exports
     while_down = jaeger_span_counts(service)
     t_restart = time.monotonic()
-    assert stack.main(["up", "gateway2"]) == 0
+    topology.start(topology.gateways[1])
     after = wait_for_restart(service, len(while_down), timeout=75)  # retries back off up to 30 s
     before_kill = {t for t, at in sent.sent_at.items() if at < killed_at[0]}
     figures = {
@@ -61,7 +67,7 @@ def run_outage(service: str) -> dict[str, Any]:
     }
     FIGURES.write_text(json.dumps(figures, indent=1))
     print(json.dumps(figures))
-    return {"sent": sent, "service": service, "killed_at": killed_at[0], "figures": figures,
+    return {"sent": sent, "service": service, "exporter_port": topology.exporter_port, "killed_at": killed_at[0], "figures": figures,
             "while_down": while_down, "after": after}
 
 
@@ -87,7 +93,7 @@ def test_the_sender_sees_no_export_failure(outage: dict[str, Any]) -> None:
 
 def test_the_counts_are_exact_through_the_outage(outage: dict[str, Any]) -> None:
     """The agent counts before routing: budget_violations_total is exactly the events sent."""
-    assert counted_violations(outage["service"]) == outage["sent"].events
+    assert counted_violations(outage["service"], outage["exporter_port"]) == outage["sent"].events
 
 
 def test_traces_decided_before_the_kill_are_not_lost(outage: dict[str, Any]) -> None:

@@ -1,12 +1,14 @@
 """The scaled topology for real: agent.yaml and gateway.yaml on the built collector, traffic through agent + 2 gateways.
 
-The run swaps the shared stack's collector for the agent and back: hold the servers lock,
-`flock /tmp/otel-budget-servers.lock pytest tests/collector`.
+The run starts its own agent and gateways beside the shared stack (stack.scaled_copy: the shared ports
++ 20000): hold the servers lock, `flock /tmp/otel-budget-servers.lock pytest tests/collector`.
 """
 
 from __future__ import annotations
 
+import socket
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +24,7 @@ from scaled_traffic import (
     accepted_spans,
     binomial_interval,
     counted_violations,
+    Topology,
     scaled_topology,
     send_traces,
     wait_for_jaeger,
@@ -29,6 +32,12 @@ from scaled_traffic import (
 
 CONFIGS = Path(__file__).resolve().parents[2] / "collector-config"
 GATEWAY_ENV = {"GATEWAY_OTLP_PORT": "4417", "GATEWAY_METRICS_PORT": "8890"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def load(name: str) -> Any:
@@ -72,20 +81,21 @@ def probabilistic_share() -> float:
 
 
 @pytest.fixture(scope="module")
-def scaled_stack() -> Iterator[None]:
-    with scaled_topology():
-        yield
+def scaled_stack() -> Iterator[Topology]:
+    with scaled_topology() as topology:
+        yield topology
 
 
 @pytest.fixture(scope="module")
-def run(scaled_stack: None) -> tuple[str, SentTraces, dict[int, int], tuple[int, int]]:
+def run(scaled_stack: Topology) -> tuple[str, SentTraces, dict[int, int], tuple[int, int]]:
     """200 traces sent to the agent; what Jaeger holds of them; spans each gateway accepted."""
     service = f"scaled-topology-{uuid.uuid4().hex[:8]}"
-    before = accepted_spans(8890), accepted_spans(8891)
-    sent = send_traces(service)
+    ports = [gateway.ports[1] for gateway in scaled_stack.gateways]
+    before = accepted_spans(ports[0]), accepted_spans(ports[1])
+    sent = send_traces(service, scaled_stack.endpoint)
     must_keep = len(sent.ids("over_budget", "error", "slow"))
     held = wait_for_jaeger(service, at_least=must_keep, timeout=60)  # decision_wait is 10 s
-    accepted = accepted_spans(8890) - before[0], accepted_spans(8891) - before[1]
+    accepted = accepted_spans(ports[0]) - before[0], accepted_spans(ports[1]) - before[1]
     kept = {kind: f"{len(ids & held.keys())}/{len(ids)}" for kind, ids in sent.by_kind.items()}
     print(f"kept in Jaeger {kept}; spans per gateway {accepted}; "
           f"plain interval {binomial_interval(len(sent.ids('plain')), probabilistic_share(), tail=0.0005)}")
@@ -127,7 +137,48 @@ def test_the_rest_is_kept_at_the_probabilistic_share(
     assert held.keys() <= sent.ids(*sent.by_kind)
 
 
-def test_the_agent_counts_every_violation(run: tuple[str, SentTraces, dict[int, int], tuple[int, int]]) -> None:
-    """budget_violations_total on the agent's exporter (:8889) is exactly the events sent, per metric."""
+def test_the_agent_counts_every_violation(
+        scaled_stack: Topology, run: tuple[str, SentTraces, dict[int, int], tuple[int, int]]) -> None:
+    """budget_violations_total on the agent's Prometheus exporter is exactly the events sent, per metric."""
     service, sent, _, _ = run
-    assert counted_violations(service) == sent.events
+    assert counted_violations(service, scaled_stack.exporter_port) == sent.events
+
+
+def test_validate_names_a_malformed_traces_endpoint() -> None:
+    """A gateway whose Jaeger endpoint is not host:port: `validate` fails naming the exporter and the port."""
+    result = validate("gateway.yaml", {**GATEWAY_ENV, "OTEL_BUDGET_TRACES_ENDPOINT": "jaeger:notaport"})
+    assert result.returncode != 0
+    assert 'exporters::otlp_grpc/jaeger::clientconfig: invalid port "notaport"' in result.stdout
+
+
+def test_a_gateway_port_that_is_not_a_port_stops_it_at_start() -> None:
+    """GATEWAY_OTLP_PORT=abc passes `validate` (it is only a string there) but the gateway exits at once, saying why."""
+    env = {**GATEWAY_ENV, "GATEWAY_OTLP_PORT": "abc", "GATEWAY_METRICS_PORT": str(free_port())}
+    assert validate("gateway.yaml", env).returncode == 0
+    result = subprocess.run([stack.collector_bin(), f"--config={CONFIGS / 'gateway.yaml'}"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False, timeout=60)
+    assert result.returncode != 0
+    assert 'failed to start "otlp" receiver: listen tcp: lookup tcp/abc: unknown port' in result.stdout
+
+
+def test_an_agent_whose_gateways_do_not_answer_still_counts() -> None:
+    """The agent sending to gateway ports nobody listens on: the sender's exports succeed, the counts are exact."""
+    topology = Topology(stack.scaled_copy(offset=21000, prefix="dead-gateways-"))  # the gateways never started
+    agent = topology.agent
+    if any(stack.port_open(p) for c in topology.collectors for p in c.ports):
+        pytest.fail(f"a port of {[c.ports for c in topology.collectors]} is taken", pytrace=False)
+    try:
+        topology.start(agent)
+        service = f"dead-gateways-{uuid.uuid4().hex[:8]}"
+        sent = send_traces(service, topology.endpoint, count=50)
+        assert set(sent.export_results) == {SpanExportResult.SUCCESS}
+        deadline = time.monotonic() + 20
+        while counted_violations(service, topology.exporter_port) != sent.events and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert counted_violations(service, topology.exporter_port) == sent.events
+        deadline = time.monotonic() + 20
+        while "Exporting failed" not in Path(agent.log_path).read_text() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert f"127.0.0.1:{topology.gateways[0].ports[0]}" in Path(agent.log_path).read_text()
+    finally:
+        agent.stop()

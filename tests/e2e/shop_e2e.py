@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import subprocess
+import sys
+import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -15,6 +21,8 @@ from jaeger_reader import ExportedSpan, JaegerError, JaegerReader  # examples/sh
 from processes import ShopError, ShopProcesses  # examples/shop
 
 SHOP_DIR = Path(__file__).resolve().parents[2] / "examples" / "shop"
+SRC = Path(__file__).resolve().parents[2] / "src"
+BIN = Path(sys.executable).parent
 
 # What the tests need from `make stack`.
 DATABASES = (("PostgreSQL", 5432), ("FerretDB (MongoDB wire protocol)", 27017))
@@ -128,3 +136,72 @@ class ShopTraces:
         except JaegerError as exc:
             pytest.fail(f"{exc}\n(logs: /tmp/otel-budget-stack/logs/shop-*.log and collector.log)", pytrace=False)
         return ShopTrace(trace_id, spans)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Gunicorn:
+    """One gunicorn worker of the shop under opentelemetry-instrument, with `env` on top of the shop's."""
+
+    def __init__(self, service: str, env: dict[str, str]) -> None:
+        port = free_port()
+        app_env = ShopProcesses().app_env(service)
+        app_env.update(PYTHONPATH=f"{SHOP_DIR}{os.pathsep}{SRC}", OTEL_BSP_SCHEDULE_DELAY="200", **env)
+        self.log = Path(tempfile.mkstemp(prefix=f"{service}-", suffix=".log")[1])
+        argv = [str(BIN / "opentelemetry-instrument"), str(BIN / "gunicorn"), "shop.wsgi", "--bind",
+                f"127.0.0.1:{port}", "--workers", "1", "--worker-class", "gthread", "--threads", "2",
+                "--error-logfile", "-"]  # fmt: skip
+        with self.log.open("wb") as out:
+            self.process = subprocess.Popen(argv, env=app_env, cwd=SHOP_DIR, stdout=out, stderr=subprocess.STDOUT,
+                                            stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+        self.client = ShopClient(f"http://127.0.0.1:{port}")
+
+    def wait_ready(self, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if self.client.session.get(f"{self.client.base_url}/healthz/", timeout=1).status_code == 200:
+                    return
+            except OSError:
+                pass
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"the shop did not start (exit {self.process.poll()}):\n{self.text()[-3000:]}",
+                            pytrace=False)
+            time.sleep(0.2)
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def terminate(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+
+    def stop(self) -> None:
+        self.terminate()
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        self.log.unlink(missing_ok=True)
+
+
+@contextmanager
+def gunicorns(*envs: dict[str, str], service: str = "") -> Iterator[list[Gunicorn]]:
+    """One `Gunicorn` per environment (service name `service`, default bad-input-<pid>), started side by side, stopped after."""
+    servers: list[Gunicorn] = []
+    try:
+        for env in envs:
+            servers.append(Gunicorn(service or f"bad-input-{os.getpid()}", env))
+        for server in servers:
+            server.wait_ready()
+        yield servers
+    finally:
+        for server in servers:
+            server.terminate()  # all at once: each flushes its spans on the way out
+        for server in servers:
+            server.stop()

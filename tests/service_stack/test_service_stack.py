@@ -87,3 +87,13 @@ def test_chromium_is_a_test_tool_installed_when_missing(monkeypatch: pytest.Monk
     assert packages.missing_packages(packages.TEST_TOOLS) == (["chromium"], [])
     monkeypatch.setattr(packages.shutil, "which", lambda name: f"/usr/bin/{name}")
     assert packages.missing_packages(packages.TEST_TOOLS) == ([], [])
+
+
+def test_the_scaled_copy_shares_no_port_with_the_stack() -> None:
+    """stack.scaled_copy(): the agent and gateways on ports + 20000, the agent sending to the copy's gateways."""
+    gateway1, gateway2, agent = services.scaled_copy()
+    assert (gateway1.ports, gateway2.ports, agent.ports) == ((24417, 28890), (24427, 28891), (24317, 24318, 28889, 28888))
+    text = agent.render()  # type: ignore[attr-defined]
+    shared = {p for s in services.SERVICES + services.SCALED_COLLECTORS for p in s.ports}
+    assert not {p for p in shared if f"127.0.0.1:{p}" in text or f"port: {p}" in text}
+    assert "127.0.0.1:24417" in text and "127.0.0.1:24427" in text
