@@ -29,6 +29,7 @@ from opentelemetry.trace import SpanKind
 
 from otel_budget import _sdkspan, _timeouts, names, tally, verdict
 from otel_budget._held import DEFAULT_MAX_HELD, DEFAULT_MAX_HELD_PER_SCOPE, HeldSpans
+from otel_budget._memory_study import MemoryStudy
 from otel_budget._metrics import BudgetMetrics
 from otel_budget._ratelimit import log_exception
 from otel_budget.config import BudgetConfig, BudgetRule, choices_hint, valid_metrics
@@ -130,6 +131,8 @@ class BudgetSpanProcessor(SpanProcessor):
         sampling: `all`: the spans of a scope recorded but not sampled (`sampling.ScopeSampler`) are held and,
             if it ends over budget, exported; `follow`: they are not.
         max_held_spans, max_held_spans_per_scope: caps on those held spans, in total and per scope.
+        memory_study: after a route/task overran `memory.growth_mb`, trace this many of its next runs with
+            tracemalloc and name their top allocation sites (`budget.memory.top`); 0 (default): never trace.
     """
 
     def __init__(
@@ -143,6 +146,7 @@ class BudgetSpanProcessor(SpanProcessor):
         sampling: str = names.SAMPLING_ALL,
         max_held_spans: int = DEFAULT_MAX_HELD,
         max_held_spans_per_scope: int = DEFAULT_MAX_HELD_PER_SCOPE,
+        memory_study: int = 0,
     ) -> None:
         self.config = config or BudgetConfig()
         self.config_error = config_error
@@ -160,6 +164,7 @@ class BudgetSpanProcessor(SpanProcessor):
             else None
         )
         self._names: set[str] = set()  # distinct scope names reported, at most names.MAX_SCOPE_NAMES
+        self._study = MemoryStudy(memory_study) if memory_study > 0 else None  # None: one test per scope end
         if record_metrics is False:
             self._metrics: BudgetMetrics | None = None
         else:
@@ -321,6 +326,8 @@ class BudgetSpanProcessor(SpanProcessor):
         _EndScope(self, opened, span).install()
         self._scopes[span_id] = opened
         self._spans[span_id] = opened
+        if self._study is not None:
+            self._study.begin(opened)
 
     def _unrouted_child(self, scope: ScopeTally, span_id: int, span: Span) -> None:
         """A span started in a request with no route yet: the route may be on the scope span by now (Django
@@ -412,6 +419,8 @@ class BudgetSpanProcessor(SpanProcessor):
                 self._resolve(scope, end_ns)
             scope.drain()
             result = self._result(scope, span, end_ns)
+            if self._study is not None:
+                result = self._study.finish(scope, result)
             if writable:
                 if scope.route is not None and _HTTP_ROUTE not in _attributes(span):
                     span.set_attribute(_HTTP_ROUTE, scope.route)  # found on a framework span inside it
@@ -508,6 +517,8 @@ class BudgetSpanProcessor(SpanProcessor):
         self._evict_lock = threading.Lock()  # another thread may have held it at the fork
         if self._held is not None:
             self._held.after_fork()
+        if self._study is not None:
+            self._study.after_fork()
 
 
 def _after_fork_in_child(ref: weakref.ref[BudgetSpanProcessor]) -> None:
