@@ -200,9 +200,14 @@ def _connection_entry(connection: Any) -> list[Any]:
 
 
 def _check_cursor(cursor: Any) -> None:
-    """Per statement: counts the cursor's connection, once per scope, if it has no timeout. Never raises."""
+    """Per statement: counts the cursor's connection, once per scope, if it has no timeout. Never raises.
+
+    `_wrap_cursor`'s wrapper makes the same first test inline, so the usual statement makes no call here.
+    """
     try:
-        connection = cursor.connection
+        connection = getattr(cursor, "connection", None)
+        if connection is None:
+            return
         entry = _CONNECTIONS.get(id(connection))
         if entry is not None and (entry[0] or entry[1] is _current_context()):
             return  # timed, or counted already from this very context (the usual statement)
@@ -274,8 +279,12 @@ def _wrap_urllib(original: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _wrap_cursor(original: Callable[..., Any]) -> Callable[..., Any]:
+    connections, current_context = _CONNECTIONS, _current_context
+
     def traced_execution(tracer: Any, cursor: Any, *args: Any, **kwargs: Any) -> Any:
-        _check_cursor(cursor)
+        entry = connections.get(id(getattr(cursor, "connection", None)))
+        if entry is None or not (entry[0] or entry[1] is current_context()):  # else: timed, or counted here
+            _check_cursor(cursor)
         return original(tracer, cursor, *args, **kwargs)
 
     return traced_execution

@@ -131,12 +131,13 @@ def test_cursor_check_asks_the_scope_once_per_connection_and_context(monkeypatch
     monkeypatch.setattr(processor, "untimed_connection", lambda connection, describe: asked.append(connection))
     connection = _Connection()
     cursor = _Cursor(connection)
+    execute = _timeouts._wrap_cursor(lambda tracer, cursor, statement: statement)
     with tracing.tracer.start_as_current_span("GET a/", kind=SpanKind.SERVER):
-        for _ in range(5):
-            _timeouts._check_cursor(cursor)
+        assert [execute(None, cursor, f"SELECT {n}") for n in range(5)] == [f"SELECT {n}" for n in range(5)]
     with tracing.tracer.start_as_current_span("GET b/", kind=SpanKind.SERVER):
+        execute(None, cursor, "SELECT 1")
         _timeouts._check_cursor(cursor)
-        _timeouts._check_cursor(cursor)
+    assert execute(None, object(), "SELECT 1") == "SELECT 1"  # no connection: not checked, not logged
     assert asked == [connection, connection]
     assert _timeouts._CONNECTIONS[id(connection)][0] is False
     key = id(connection)
