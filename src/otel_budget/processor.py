@@ -20,7 +20,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Collection, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context as context_api
 from opentelemetry import trace
@@ -29,7 +29,6 @@ from opentelemetry.trace import SpanKind
 
 from otel_budget import _sdkspan, _timeouts, names, tally, verdict
 from otel_budget._held import DEFAULT_MAX_HELD, DEFAULT_MAX_HELD_PER_SCOPE, HeldSpans
-from otel_budget._memory_study import MemoryStudy
 from otel_budget._metrics import BudgetMetrics
 from otel_budget._ratelimit import log_exception
 from otel_budget.config import BudgetConfig, BudgetRule, choices_hint, valid_metrics
@@ -37,6 +36,9 @@ from otel_budget.names import ScopeKind
 from otel_budget.results import ScopeResult
 from otel_budget.sinks import Listener, Listeners, write_to_span
 from otel_budget.tally import ScopeTally, first
+
+if TYPE_CHECKING:
+    from otel_budget._memory_study import MemoryStudy
 
 __all__ = ["BudgetSpanProcessor", "ScopeTally", "current_tally", "untimed_call", "untimed_connection"]
 
@@ -164,7 +166,11 @@ class BudgetSpanProcessor(SpanProcessor):
             else None
         )
         self._names: set[str] = set()  # distinct scope names reported, at most names.MAX_SCOPE_NAMES
-        self._study = MemoryStudy(memory_study) if memory_study > 0 else None  # None: one test per scope end
+        self._study: MemoryStudy | None = None  # None (the study off): one attribute test per scope start and end
+        if memory_study > 0:
+            from otel_budget._memory_study import MemoryStudy  # tracemalloc (and pickle) only when asked for
+
+            self._study = MemoryStudy(memory_study)
         if record_metrics is False:
             self._metrics: BudgetMetrics | None = None
         else:
