@@ -9,6 +9,7 @@ the processor holds no `MemoryStudy` at all. Costs: docs/benchmarks.md ("Memory 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import threading
 import time
@@ -16,6 +17,7 @@ import tracemalloc
 from typing import TYPE_CHECKING
 
 from otel_budget import names
+from otel_budget._ratelimit import log_exception
 from otel_budget._timeouts import _short_path
 from otel_budget.names import ScopeKind
 from otel_budget.results import ScopeResult
@@ -24,6 +26,8 @@ if TYPE_CHECKING:
     from otel_budget.tally import ScopeTally
 
 __all__ = ["MAX_TOP_CHARS", "TOP_SITES", "MemoryStudy", "top_sites"]
+
+logger = logging.getLogger(__name__)
 
 TOP_SITES = 5  # allocation sites named per studied run
 MAX_TOP_CHARS = 400  # `budget.memory.top` is at most this long (whole sites only)
@@ -114,11 +118,13 @@ class MemoryStudy:
 
     # -- under the lock -------------------------------------------------------------------------------
     def _studied_run(self, result: ScopeResult) -> ScopeResult:
+        key = self._active_key
         try:
-            snapshot = tracemalloc.take_snapshot()
-            top = top_sites(snapshot, self._before, self.top)
+            top = top_sites(tracemalloc.take_snapshot(), self._before, self.top)
+        except Exception:  # e.g. someone stopped tracemalloc meanwhile: the scope is judged, without sites
+            log_exception(logger, "otel-budget: could not read this run's allocations; no budget.memory.top")
+            return result
         finally:
-            key = self._active_key
             self._stop()
         if _result_key(result) != key:  # not the route it looked like at its start: not counted, not told
             return result

@@ -221,3 +221,14 @@ def test_negative_memory_budget_is_the_usual_error(tmp_path: Path) -> None:
     path.write_text("[http]\nmemory.top = 5\n")
     with pytest.raises(Exception, match=r"budgets.toml: http.memory.top: "):
         load_config(str(path))
+
+
+def test_tracing_stopped_by_someone_else_mid_run_is_logged_not_raised(study: Tracing) -> None:
+    """tracemalloc stopped inside a studied run: the scope is still judged, without sites, and logged."""
+    hog(study)
+    with study.request("hog/", "POST"):
+        kept.append(b"\xa5" * (8 * MIB))
+        tracemalloc.stop()
+    result = study.results[-1]
+    assert ([v.metric for v in result.violations], result.memory_top) == (["memory.growth_mb"], None)
+    assert not study.processor._study.tracing  # type: ignore[union-attr]
