@@ -12,6 +12,9 @@ and take the difference (start-up and imports cancel). MODE:
     check-none      no network: a scope with one HTTP CLIENT span, no check (the baseline of the next two)
     check-timed     the same, the urllib3 hook's check of a timed call inside the span
     check-untimed   the same, an untimed call: counted in the scope, its details kept
+    dbhook-none     no statement: 20 calls per scope of a stand-in for the dbapi cursor tracer, unwrapped
+    dbhook-untimed  the same through the psycopg hook, on a real psycopg2 connection without a timeout
+    dbhook-timed    the same, the connection has `connect_timeout=3`
 The HTTP server is http.server on 127.0.0.1 in a thread of the same process (the same in every mode).
 """
 
@@ -24,6 +27,7 @@ from typing import Any
 
 MODES = (
     "http-unhooked", "http-timed", "http-untimed", "db-unhooked", "db-hooked", "check-none", "check-timed", "check-untimed",
+    "dbhook-none", "dbhook-untimed", "dbhook-timed",
 )
 PG = "host=127.0.0.1 port=5432 dbname=shop user=otel_budget password=otel_budget"
 WARM_UP = 50
@@ -55,7 +59,14 @@ def main(argv: list[str]) -> int:
     provider.add_span_processor(BudgetSpanProcessor(record_metrics=False))
     if mode.endswith("unhooked"):
         _timeouts.uninstall()
-    run = _http(provider, mode) if mode.startswith("http") else _db(provider) if mode.startswith("db") else _check(provider, mode)
+    if mode.startswith("http"):
+        run = _http(provider, mode)
+    elif mode.startswith("dbhook"):
+        run = _db_hook(mode)
+    elif mode.startswith("db"):
+        run = _db(provider)
+    else:
+        run = _check(provider, mode)
     for index in range(WARM_UP + count):
         with budget_scope("bench", tracer_provider=provider, external_untimed_calls=1e9):
             run()
@@ -103,6 +114,26 @@ def _db(provider: Any) -> Any:
     def run() -> None:
         for _ in range(20):
             cursor.execute("SELECT 1")
+
+    return run
+
+
+def _db_hook(mode: str) -> Any:
+    """The psycopg hook alone: what it adds to each statement, without the statement (20 per scope)."""
+    import psycopg2
+
+    from otel_budget._timeouts import _wrap_cursor
+
+    cursor = psycopg2.connect(PG + (" connect_timeout=3" if mode == "dbhook-timed" else "")).cursor()
+
+    def traced_execution(tracer: Any, cursor: Any, *args: Any, **kwargs: Any) -> Any:
+        return None  # where the dbapi instrumentation would run the statement in its span
+
+    call = traced_execution if mode == "dbhook-none" else _wrap_cursor(traced_execution)
+
+    def run() -> None:
+        for _ in range(20):
+            call(None, cursor, "SELECT 1")
 
     return run
 

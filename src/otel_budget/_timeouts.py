@@ -27,6 +27,7 @@ import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from opentelemetry import context as context_api
 from opentelemetry import trace
 
 from otel_budget import names, processor
@@ -152,7 +153,14 @@ def _check_urllib(request: Any) -> None:
 
 
 # -- DB: which connections have no timeout, remembered per connection -----------------------------------
-_TIMED: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
+# id(connection) -> [timed?, the context of its last statement counted]: a statement on a known connection
+# costs a dict lookup (and, untimed, one `context.get_current()`); the first statement pays for the
+# verdict. An entry goes with its connection (a weakref callback), and at most MAX_CONNECTIONS are kept:
+# beyond that a connection's verdict is worked out per statement, as it was before the cache.
+MAX_CONNECTIONS = 4096
+_CONNECTIONS: dict[int, list[Any]] = {}
+_REFS: dict[int, weakref.ref[Any]] = {}  # id(connection) -> the weakref whose callback drops its entry
+_current_context = context_api.get_current
 
 
 def _postgres_timed(connection: Any) -> bool:
@@ -169,19 +177,49 @@ def _postgres_target(connection: Any) -> str:
     return _target(parameters.get("host") or "localhost", parameters.get("port") or 5432)
 
 
-@_guarded
+def _forget_connection(key: int) -> Callable[[Any], None]:
+    def forget(_: Any) -> None:
+        _CONNECTIONS.pop(key, None)
+        _REFS.pop(key, None)
+
+    return forget
+
+
+def _connection_entry(connection: Any) -> list[Any]:
+    """The cached `[timed?, last context]` of a connection seen for the first time (cached while there is room)."""
+    library = type(connection).__module__.partition(".")[0]
+    entry = [_postgres_timed(connection) if library in ("psycopg2", "psycopg") else True, None]
+    key = id(connection)
+    if len(_CONNECTIONS) < MAX_CONNECTIONS:
+        try:
+            _REFS[key] = weakref.ref(connection, _forget_connection(key))
+        except TypeError:  # a connection class without weakrefs: not cached
+            return entry
+        _CONNECTIONS[key] = entry
+    return entry
+
+
 def _check_cursor(cursor: Any) -> None:
-    connection = getattr(cursor, "connection", None)
-    if connection is None:
-        return
-    timed = _TIMED.get(connection)
-    if timed is None:
-        library = type(connection).__module__.partition(".")[0]
-        timed = _postgres_timed(connection) if library in ("psycopg2", "psycopg") else True
-        _TIMED[connection] = timed
-    if not timed:
+    """Per statement: counts the cursor's connection, once per scope, if it has no timeout. Never raises.
+
+    `_wrap_cursor`'s wrapper makes the same first test inline, so the usual statement makes no call here.
+    """
+    try:
+        connection = getattr(cursor, "connection", None)
+        if connection is None:
+            return
+        entry = _CONNECTIONS.get(id(connection))
+        if entry is not None and (entry[0] or entry[1] is _current_context()):
+            return  # timed, or counted already from this very context (the usual statement)
+        if entry is None:
+            entry = _connection_entry(connection)
+            if entry[0]:
+                return
+        entry[1] = _current_context()
         library = type(connection).__module__.partition(".")[0]
         processor.untimed_connection(connection, _db_describer(library, lambda: _postgres_target(connection)))
+    except Exception:
+        log_exception(logger, "otel-budget: could not check a timeout; this call is not counted as untimed")
 
 
 @_guarded
@@ -241,8 +279,12 @@ def _wrap_urllib(original: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _wrap_cursor(original: Callable[..., Any]) -> Callable[..., Any]:
+    connections, current_context = _CONNECTIONS, _current_context
+
     def traced_execution(tracer: Any, cursor: Any, *args: Any, **kwargs: Any) -> Any:
-        _check_cursor(cursor)
+        entry = connections.get(id(getattr(cursor, "connection", None)))
+        if entry is None or not (entry[0] or entry[1] is current_context()):  # else: timed, or counted here
+            _check_cursor(cursor)
         return original(tracer, cursor, *args, **kwargs)
 
     return traced_execution

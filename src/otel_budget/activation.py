@@ -130,6 +130,7 @@ def _add_processor(
     options.setdefault("max_open_scopes", settings.max_open_scopes)
     options.setdefault("record_metrics", settings.record_metrics)
     options.setdefault("sampling", settings.sampling)
+    options.setdefault("memory_study", settings.memory_study)
     processor = BudgetSpanProcessor(config=config, config_error=error, **options)
     provider.add_span_processor(processor)
     if options["sampling"] == names.SAMPLING_ALL and not wrap_sampler(provider, processor.tally_for):

@@ -95,7 +95,11 @@ DETAIL_CALL_SITE = "call_site"
 EVENT_LIBRARY = PREFIX + DETAIL_LIBRARY
 EVENT_TARGET = PREFIX + DETAIL_TARGET
 EVENT_CALL_SITE = PREFIX + DETAIL_CALL_SITE
-EVENT_DETAILS = (EVENT_LIBRARY, EVENT_TARGET, EVENT_CALL_SITE)
+# What grew in a studied run (`OTEL_BUDGET_MEMORY_STUDY`): its top allocation sites, `file:line +N KiB`
+# joined by "; ", on the `memory.growth_mb` event (a `Violation.details` key) and on the scope span.
+DETAIL_MEMORY_TOP = "memory.top"
+ATTR_MEMORY_TOP = PREFIX + DETAIL_MEMORY_TOP
+EVENT_DETAILS = (EVENT_LIBRARY, EVENT_TARGET, EVENT_CALL_SITE, ATTR_MEMORY_TOP)
 
 # Scope names stay bounded (metric attributes): a request with no route is named `<method> unmatched`,
 # and past MAX_SCOPE_NAMES distinct names in a process, a new one is named SCOPE_NAME_OVERFLOW.
@@ -179,6 +183,7 @@ ENV_ENABLED = "OTEL_BUDGET_ENABLED"
 ENV_MAX_SCOPES = "OTEL_BUDGET_MAX_OPEN_SCOPES"
 ENV_METRICS = "OTEL_BUDGET_METRICS"
 ENV_SAMPLING = "OTEL_BUDGET_SAMPLING"
+ENV_MEMORY_STUDY = "OTEL_BUDGET_MEMORY_STUDY"
 
 # `OTEL_BUDGET_SAMPLING` values: tally every scope whatever the head sampler decides, or only sampled ones.
 SAMPLING_ALL = "all"

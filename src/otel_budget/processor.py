@@ -20,7 +20,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Collection, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context as context_api
 from opentelemetry import trace
@@ -36,6 +36,9 @@ from otel_budget.names import ScopeKind
 from otel_budget.results import ScopeResult
 from otel_budget.sinks import Listener, Listeners, write_to_span
 from otel_budget.tally import ScopeTally, first
+
+if TYPE_CHECKING:
+    from otel_budget._memory_study import MemoryStudy
 
 __all__ = ["BudgetSpanProcessor", "ScopeTally", "current_tally", "untimed_call", "untimed_connection"]
 
@@ -130,6 +133,8 @@ class BudgetSpanProcessor(SpanProcessor):
         sampling: `all`: the spans of a scope recorded but not sampled (`sampling.ScopeSampler`) are held and,
             if it ends over budget, exported; `follow`: they are not.
         max_held_spans, max_held_spans_per_scope: caps on those held spans, in total and per scope.
+        memory_study: after a route/task overran `memory.growth_mb`, trace this many of its next runs with
+            tracemalloc and name their top allocation sites (`budget.memory.top`); 0 (default): never trace.
     """
 
     def __init__(
@@ -143,6 +148,7 @@ class BudgetSpanProcessor(SpanProcessor):
         sampling: str = names.SAMPLING_ALL,
         max_held_spans: int = DEFAULT_MAX_HELD,
         max_held_spans_per_scope: int = DEFAULT_MAX_HELD_PER_SCOPE,
+        memory_study: int = 0,
     ) -> None:
         self.config = config or BudgetConfig()
         self.config_error = config_error
@@ -160,6 +166,11 @@ class BudgetSpanProcessor(SpanProcessor):
             else None
         )
         self._names: set[str] = set()  # distinct scope names reported, at most names.MAX_SCOPE_NAMES
+        self._study: MemoryStudy | None = None  # None (the study off): one attribute test per scope start and end
+        if memory_study > 0:
+            from otel_budget._memory_study import MemoryStudy  # tracemalloc (and pickle) only when asked for
+
+            self._study = MemoryStudy(memory_study)
         if record_metrics is False:
             self._metrics: BudgetMetrics | None = None
         else:
@@ -321,6 +332,8 @@ class BudgetSpanProcessor(SpanProcessor):
         _EndScope(self, opened, span).install()
         self._scopes[span_id] = opened
         self._spans[span_id] = opened
+        if self._study is not None:
+            self._study.begin(opened)
 
     def _unrouted_child(self, scope: ScopeTally, span_id: int, span: Span) -> None:
         """A span started in a request with no route yet: the route may be on the scope span by now (Django
@@ -412,6 +425,8 @@ class BudgetSpanProcessor(SpanProcessor):
                 self._resolve(scope, end_ns)
             scope.drain()
             result = self._result(scope, span, end_ns)
+            if self._study is not None:
+                result = self._study.finish(scope, result)
             if writable:
                 if scope.route is not None and _HTTP_ROUTE not in _attributes(span):
                     span.set_attribute(_HTTP_ROUTE, scope.route)  # found on a framework span inside it
@@ -508,6 +523,8 @@ class BudgetSpanProcessor(SpanProcessor):
         self._evict_lock = threading.Lock()  # another thread may have held it at the fork
         if self._held is not None:
             self._held.after_fork()
+        if self._study is not None:
+            self._study.after_fork()
 
 
 def _after_fork_in_child(ref: weakref.ref[BudgetSpanProcessor]) -> None:

@@ -21,7 +21,8 @@ class Violation:
     rule: str
     timestamp_ns: int
     statement: str | None = None
-    # For an untimed call or connection: `library`, `target` (host:port) and `call_site` (file:line).
+    # For an untimed call or connection: `library`, `target` (host:port) and `call_site` (file:line); for
+    # `memory.growth_mb` in a studied run, `memory.top` (its top allocation sites).
     details: Mapping[str, str] | None = None
 
     def describe(self) -> str:
@@ -55,6 +56,7 @@ class ScopeResult:
     service: str | None = None  # `service.name`, when read back from a backend
     start_ns: int | None = None  # the scope span's start, when read back from a backend
     killed: bool = False  # a Celery task whose pool process died (hard time limit, SIGKILL): `budget.killed`
+    memory_top: str | None = None  # a studied run's top allocation sites (`budget.memory.top`, _memory_study.py)
 
     @property
     def span_id_hex(self) -> str:

@@ -11,12 +11,17 @@ from dataclasses import dataclass, field
 from otel_budget import names
 from otel_budget.config import choices_hint, valid_metrics
 
-__all__ = ["DEFAULT_MAX_OPEN_SCOPES", "Settings"]
+__all__ = ["DEFAULT_MAX_OPEN_SCOPES", "DEFAULT_STUDY_RUNS", "MAX_STUDY_RUNS", "Settings"]
 
 logger = logging.getLogger("otel_budget")
 
 DEFAULT_MAX_OPEN_SCOPES = 10_000
-VARIABLES = (names.ENV_CONFIG, names.ENV_ENABLED, names.ENV_MAX_SCOPES, names.ENV_METRICS, names.ENV_SAMPLING)
+DEFAULT_STUDY_RUNS = 3  # `OTEL_BUDGET_MEMORY_STUDY=on`: runs traced after an overrun
+MAX_STUDY_RUNS = 100
+VARIABLES = (
+    names.ENV_CONFIG, names.ENV_ENABLED, names.ENV_MAX_SCOPES, names.ENV_METRICS, names.ENV_SAMPLING,
+    names.ENV_MEMORY_STUDY,
+)  # fmt: skip
 _FALSE = {"false", "0", "no", "off"}
 _TRUE = {"true", "1", "yes", "on", ""}
 
@@ -115,3 +120,25 @@ class Settings:
             )
             return names.SAMPLING_ALL
         return value
+
+    @functools.cached_property
+    def memory_study(self) -> int:
+        """`OTEL_BUDGET_MEMORY_STUDY`: how many runs of a route/task to trace with tracemalloc after it overran
+        `memory.growth_mb` (`_memory_study.MemoryStudy`). `off` (default), `on` (3 runs) or a number of runs
+        from 1 to 100; anything else is logged, and the study stays off (tracing has a cost)."""
+        raw = self.environ.get(names.ENV_MEMORY_STUDY, "")
+        value = raw.strip().lower()
+        if value in _FALSE or not value:
+            return 0
+        if value in ("true", "yes", "on"):
+            return DEFAULT_STUDY_RUNS
+        runs = int(value) if value.isdigit() else 0
+        if not 1 <= runs <= MAX_STUDY_RUNS:
+            logger.error(
+                "otel-budget: %s=%r is not on, off or a number of runs from 1 to %d; memory study stays off",
+                names.ENV_MEMORY_STUDY,
+                raw,
+                MAX_STUDY_RUNS,
+            )
+            return 0
+        return runs

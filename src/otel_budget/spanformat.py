@@ -23,8 +23,11 @@ Event = tuple[str, Mapping[str, Any], int]  # name, attributes, timestamp (ns)
 
 # Our own attributes that are not metrics.
 _NOT_METRICS = frozenset(
-    {names.ATTR_VIOLATIONS, names.ATTR_RULE, names.ATTR_CONFIG_ERROR, names.ATTR_KILLED, names.SCOPE_NAME}
-)
+    {
+        names.ATTR_VIOLATIONS, names.ATTR_RULE, names.ATTR_CONFIG_ERROR, names.ATTR_KILLED, names.SCOPE_NAME,
+        names.ATTR_MEMORY_TOP,
+    }
+)  # fmt: skip
 _KINDS = {SpanKind.SERVER: "server", SpanKind.CONSUMER: "consumer"}
 # metric -> its attribute key, made once per metric (`db.<system>.*` as systems appear, bounded).
 _ATTRIBUTE_KEYS: dict[str, str] = {metric: names.PREFIX + metric for metric in names.FIXED_METRICS}
@@ -51,6 +54,8 @@ def encode_summary(result: ScopeResult) -> dict[str, Any]:
         summary[names.ATTR_CONFIG_ERROR] = result.config_error
     if result.killed:
         summary[names.ATTR_KILLED] = True
+    if result.memory_top:
+        summary[names.ATTR_MEMORY_TOP] = result.memory_top
     return summary
 
 
@@ -119,6 +124,7 @@ def decode(
     )
     repeated = next((v.statement for v in violations if v.metric == names.DB_REPEATED_QUERIES and v.statement), None)
     error = attributes.get(names.ATTR_CONFIG_ERROR)
+    top = attributes.get(names.ATTR_MEMORY_TOP)
     return ScopeResult(
         kind=kind,
         name=name,
@@ -133,6 +139,7 @@ def decode(
         service=service,
         start_ns=start_ns,
         killed=attributes.get(names.ATTR_KILLED) is True,
+        memory_top=str(top) if top else None,
     )
 
 

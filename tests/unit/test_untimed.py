@@ -103,3 +103,44 @@ def test_call_site_is_the_first_frame_outside_the_libraries() -> None:
     here = call_site(sys._getframe())
     assert here.endswith(f"test_untimed.py:{sys._getframe().f_lineno - 1}"), here
     assert _short_path("/nowhere/x.py") == "/nowhere/x.py"
+
+
+class _Info:
+    dsn_parameters = {"host": "db", "port": "5432", "options": ""}
+
+
+class _Connection:
+    """The shape `_check_cursor` reads of a psycopg2 connection without a timeout."""
+
+    __module__ = "psycopg2.extensions"
+    info = _Info()
+
+
+class _Cursor:
+    def __init__(self, connection: object) -> None:
+        self.connection = connection
+
+
+def test_cursor_check_asks_the_scope_once_per_connection_and_context(monkeypatch, tracing) -> None:  # type: ignore[no-untyped-def]
+    """Statements on a known connection from the same context cost a lookup; a new scope is asked again."""
+    import gc
+
+    from otel_budget import _timeouts
+
+    asked: list[object] = []
+    monkeypatch.setattr(processor, "untimed_connection", lambda connection, describe: asked.append(connection))
+    connection = _Connection()
+    cursor = _Cursor(connection)
+    execute = _timeouts._wrap_cursor(lambda tracer, cursor, statement: statement)
+    with tracing.tracer.start_as_current_span("GET a/", kind=SpanKind.SERVER):
+        assert [execute(None, cursor, f"SELECT {n}") for n in range(5)] == [f"SELECT {n}" for n in range(5)]
+    with tracing.tracer.start_as_current_span("GET b/", kind=SpanKind.SERVER):
+        execute(None, cursor, "SELECT 1")
+        _timeouts._check_cursor(cursor)
+    assert execute(None, object(), "SELECT 1") == "SELECT 1"  # no connection: not checked, not logged
+    assert asked == [connection, connection]
+    assert _timeouts._CONNECTIONS[id(connection)][0] is False
+    key = id(connection)
+    del asked[:], cursor, connection
+    gc.collect()
+    assert key not in _timeouts._CONNECTIONS and key not in _timeouts._REFS

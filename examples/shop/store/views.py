@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import tracemalloc
 from decimal import Decimal
 
 import requests
@@ -100,13 +101,16 @@ _held_lock = threading.Lock()
 @csrf_exempt
 @require_POST
 def memory_hog(request: HttpRequest) -> JsonResponse:
-    """Keeps another ~80 MiB alive in this process (at most 3 blocks, then it starts over)."""
+    """Keeps another ~80 MiB alive in this process (at most 3 blocks, then it starts over).
+
+    `traced`: whether tracemalloc ran during the request (otel-budget's memory study, OTEL_BUDGET_MEMORY_STUDY).
+    """
     with _held_lock:
         if len(_held) >= HOG_MAX_BLOCKS:
             _held.clear()
         _held.append(b"\xa5" * (HOG_MIB * MIB))  # written, so resident
         held = len(_held) * HOG_MIB
-    return JsonResponse({"pid": os.getpid(), "held_mib": held})
+    return JsonResponse({"pid": os.getpid(), "held_mib": held, "traced": tracemalloc.is_tracing()})
 
 
 @csrf_exempt
