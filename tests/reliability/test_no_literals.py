@@ -31,6 +31,7 @@ BODY = json.dumps({"email": "heidi.private@example.com", "card": "4111 1111 1111
 CASES = {  # case -> (statement executions, MongoDB filter executions): the larger one is the N+1 exported
     "plain": (7, 1),
     "escaped_quote": (7, 1),
+    "backslash_literal": (7, 1),
     "dashes_in_literal": (7, 1),
     "slash_star_in_literal": (7, 1),
     "long": (7, 1),

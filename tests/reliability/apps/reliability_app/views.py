@@ -91,6 +91,8 @@ PRIVATE_STATEMENTS = {
     "AND id <> 4242 AND name <> 'Customer 987654'",
     # PostgreSQL escape string with a backslash-escaped quote.
     "escaped_quote": "SELECT id FROM store_customer WHERE name <> E'O\\'Reilly carol.private@example.com'",
+    # A standard string ending in a backslash (no escape in PostgreSQL outside E'...'), then another literal.
+    "backslash_literal": "SELECT id FROM store_customer WHERE name <> 'C:\\' AND email <> 'gina.private@example.com'",
     # SQL comment markers inside string literals.
     "dashes_in_literal": "SELECT id FROM store_customer WHERE name <> 'dave.private@example.com -- VIP' AND id <> 5150",
     "slash_star_in_literal": "SELECT id FROM store_customer WHERE name <> 'erin.private@example.com /* VIP' AND id <> 6160",
