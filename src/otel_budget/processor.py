@@ -5,7 +5,7 @@ Per span it does one dict lookup at start and, at end, hands the span to its sco
 attributes and `budget.exceeded` events land on the exported span itself.
 
     on_start ─ which scope? ─> ScopeTally.adopt            (tally.py)
-    on_end ─── CLIENT span ──> ScopeTally.queue / drain    (tally.py: counts against compiled limits)
+    on_end ─── CLIENT span ──> ScopeTally.pending / drain  (tally.py: counts against compiled limits)
     scope span's end ────────> ScopeTally.measure ─> verdict.judge ─> ScopeResult
                                  ─> sinks.write_to_span (spanformat.encode), _metrics, sinks.Listeners
 """
@@ -55,6 +55,7 @@ _KILLED = names.ATTR_KILLED
 _TASKS_ENQUEUED = tally.slot_of(names.TASKS_ENQUEUED)
 _UNTIMED_CALLS = tally.slot_of(names.EXTERNAL_UNTIMED_CALLS)
 _UNTIMED_CONNECTIONS = tally.slot_of(names.DB_UNTIMED_CONNECTIONS)
+_DRAIN_EVERY = tally.DRAIN_EVERY
 _MAX_ROUTE_SPANS = 8  # open SERVER/INTERNAL spans watched per request for its route
 _kind_of = _sdkspan.kind
 _id_of = _sdkspan.span_id
@@ -230,17 +231,21 @@ class BudgetSpanProcessor(SpanProcessor):
             )
 
     # -- SpanProcessor --------------------------------------------------------------------------------
-    # This is the whole per-span cost: on_start one dict lookup (one insert inside a scope), on_end
-    # one pop and, for a counted span, a queue append on its tally (counted 16 at a time).
+    # This is the whole per-span cost: on_start one dict lookup (one insert inside a scope), on_end one pop
+    # and, for a counted span, an append to its tally's queue (counted 16 at a time). The span's fields come
+    # from one C call each (`_sdkspan.started`, `ended`) and `ScopeTally`'s per-span bookkeeping is inlined
+    # below (`adopt` once the scope has children, what `queue` was): each Python call per span costs ~1 000
+    # instructions, 2 % of the SDK's own cost per scope for every 4 of them (docs/benchmarks.md, issue 14).
     def on_start(self, span: Span, parent_context: context_api.Context | None = None) -> None:
         try:
-            parent, scope_name, span_id = _started(span, _SCOPE_NAME)
+            parent, context, attributes = _started(span)
+            scope_name = attributes.get(_SCOPE_NAME)
             if parent is None or parent[2]:  # no parent or a remote one: a new scope?
                 kind = _kind_of(span)
                 if kind is _SERVER:
                     self._open(span, ScopeKind.HTTP, _name_of(span), None)
                 elif kind is _CONSUMER:
-                    if _attributes(span).get(_KILLED):  # a killed task's report (killed.py): judged already
+                    if attributes.get(_KILLED):  # a killed task's report (killed.py): judged already
                         return
                     name = _name_of(span)
                     self._open(span, ScopeKind.CELERY, name[4:] if name.startswith("run/") else name, None)
@@ -251,8 +256,13 @@ class BudgetSpanProcessor(SpanProcessor):
             if scope_name is not None:
                 self._open(span, ScopeKind.SCOPE, str(scope_name), owner)
             elif owner is not None and not owner.closed:
+                span_id = context[1]
                 self._spans[span_id] = owner
-                owner.adopt(span_id)
+                open_spans = owner.open_spans
+                if open_spans is not None:  # `owner.adopt(span_id)` once the set is made
+                    open_spans.add(span_id)
+                else:
+                    owner.adopt(span_id)
                 if not owner.rule_final:  # a request whose route is not known yet
                     self._unrouted_child(owner, span_id, span)
         except Exception:
@@ -275,7 +285,8 @@ class BudgetSpanProcessor(SpanProcessor):
 
     def on_end(self, span: ReadableSpan) -> None:
         try:
-            span_id, kind = _ended(span)
+            context, kind = _ended(span)
+            span_id = context[1]
             owner = self._spans.pop(span_id, None)
             if owner is None or owner.closed:
                 return
@@ -286,8 +297,13 @@ class BudgetSpanProcessor(SpanProcessor):
                 return
             if owner.held is not None:  # a span of an unsampled scope
                 self._held.hold(owner, span)  # type: ignore[union-attr]  # `held` is only set by `_held`
-            if kind is _CLIENT:
-                if owner.queue(span_id, span):  # a batch is waiting: count it
+            if kind is _CLIENT:  # queued for the tally's next `drain`
+                pending = owner.pending
+                if pending is None:  # its scope was evicted while the span ran
+                    return
+                owner.open_spans.discard(span_id)  # type: ignore[union-attr]  # made with `pending`
+                pending.append(span)
+                if len(pending) >= _DRAIN_EVERY:  # a batch is waiting: count it
                     if not owner.rule_final:
                         self._resolve(owner, _times(span)[1] or 0)
                     owner.drain()

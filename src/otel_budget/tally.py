@@ -156,7 +156,8 @@ class ScopeTally:
         # Ids of its spans still open, dropped from the processor's map at the end; made with the first
         # child (an empty set is 216 bytes, a fifth of a scope's state).
         self.open_spans: set[int] | None = None
-        # CLIENT spans ended but not yet counted (see `drain`); made with `open_spans`.
+        # CLIENT spans ended but not yet counted (see `drain`); made with `open_spans`. `processor.on_end` appends
+        # to it (inlined there, no call per span): it discards the span from `open_spans`, then appends.
         self.pending: list[ReadableSpan] | None = None
         # An unsampled scope's ended spans, exported if it ends over budget (`_held.HeldSpans`); else None.
         self.held: list[ReadableSpan] | None = None
@@ -181,7 +182,7 @@ class ScopeTally:
             with self.lock:  # two first children in two threads: one set, one list
                 if self.open_spans is None:
                     self.open_spans = set()
-                    self.pending = []  # last: `queue` finds `open_spans` made once it finds this
+                    self.pending = []  # last: `on_end` finds `open_spans` made once it finds this
                 open_spans = self.open_spans
         open_spans.add(span_id)
 
@@ -189,15 +190,6 @@ class ScopeTally:
         """A span of this scope ended."""
         if self.open_spans is not None:
             self.open_spans.discard(span_id)
-
-    def queue(self, span_id: int, span: ReadableSpan) -> bool:
-        """A CLIENT span ended: kept for the next `drain`; True when a batch (`DRAIN_EVERY`) is waiting."""
-        pending = self.pending
-        if pending is None:  # its scope was evicted while the span ran
-            return False
-        self.open_spans.discard(span_id)  # type: ignore[union-attr]  # made with `pending`
-        pending.append(span)
-        return len(pending) >= DRAIN_EVERY
 
     def release(self) -> list[int]:
         """Close the scope for good: the ids of its spans still open (they will never be counted)."""
@@ -234,7 +226,7 @@ class ScopeTally:
             statements = self.statements
             lim_systems = self.lim_systems
             last_db = self.last_db
-            for span, facts in zip(batch, _span_facts(batch)):
+            for span, facts in zip(batch, map(_span_facts, batch)):
                 try:
                     attributes, start_ns, end_ns, name, _, _ = facts
                     end_ns = end_ns or 0
@@ -467,12 +459,15 @@ def _layered(span: ReadableSpan, outer: _sdkspan.Counted, inner: _sdkspan.Counte
     """`outer` (the facts of `span`, ended after `inner`) is another layer of `inner`'s round trip: it spans it
     in time and is its parent, or, from an instrumentation that does not make its span current while the
     driver runs (SQLAlchemy's: both spans have the request's as parent), its sibling with the same statement."""
-    attributes, start_ns, end_ns, _, parent_id, span_id = outer
+    attributes, start_ns, end_ns, _, parent, context = outer
     if (end_ns or 0) < (inner[2] or 0) or (start_ns or 0) > (inner[1] or 0):
         return False
-    if inner[4] == span_id:
+    inner_parent = inner[4]
+    if inner_parent is not None and inner_parent[1] == context[1]:
         return True
-    if inner[4] != parent_id or _sdkspan.scope_name(span) not in names.SIBLING_LAYERS:
+    if (inner_parent[1] if inner_parent is not None else 0) != (parent[1] if parent is not None else 0):
+        return False
+    if _sdkspan.scope_name(span) not in names.SIBLING_LAYERS:
         return False
     keys = names.DB_STATEMENT + names.HTTP_URL
     mine, theirs = first(attributes, keys), first(inner[0], keys)
