@@ -6,7 +6,7 @@ VPY     := $(VENV)/bin/python
 STACK   := $(PYTHON) stack/stack.py
 PYTEST_ARGS ?=
 
-.PHONY: help venv stack stack-down stack-status stack-build validate-config test demo bench
+.PHONY: help venv stack stack-down stack-status stack-build validate-config test demo bench bench-instructions valgrind
 
 help:
 	@echo "make venv            .venv with otel-budget[all,dev] (re-run when pyproject.toml changes)"
@@ -17,7 +17,8 @@ help:
 	@echo "make validate-config check collector-config/config.yaml (and the Prometheus config)"
 	@echo "make test            stack + venv, then pytest"
 	@echo "make demo            stack + venv, then examples/demo.py"
-	@echo "make bench           venv + stack, then benchmarks/run.py"
+	@echo "make bench           venv + stack, then benchmarks/run.py and bench-instructions"
+	@echo "make bench-instructions  instructions per scope under callgrind, ratios to plain OTel (~10 min)"
 
 venv: $(VENV)/.stamp
 
@@ -50,5 +51,16 @@ test: stack venv
 demo: stack venv
 	$(VPY) examples/demo.py
 
-bench: venv stack
+bench: venv stack valgrind
 	$(VPY) benchmarks/run.py
+	$(VPY) benchmarks/instructions.py --compare
+
+# Instruction counts (noise-free): each configuration at two sizes under callgrind, the difference per scope.
+bench-instructions: venv valgrind
+	$(VPY) benchmarks/instructions.py --compare
+
+# valgrind (callgrind) from Debian's packages, when it is not there yet.
+valgrind:
+	@command -v valgrind >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q valgrind; }
