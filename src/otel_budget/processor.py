@@ -233,19 +233,17 @@ class BudgetSpanProcessor(SpanProcessor):
     # -- SpanProcessor --------------------------------------------------------------------------------
     # This is the whole per-span cost: on_start one dict lookup (one insert inside a scope), on_end one pop
     # and, for a counted span, an append to its tally's queue (counted 16 at a time). The span's fields come
-    # from one C call each (`_sdkspan.started`, `ended`) and `ScopeTally`'s per-span bookkeeping is inlined
-    # below (`adopt` once the scope has children, what `queue` was): each Python call per span costs ~1 000
-    # instructions, 2 % of the SDK's own cost per scope for every 4 of them (docs/benchmarks.md, issue 14).
+    # from one `_sdkspan` call at start and one at end; `ScopeTally`'s per-span bookkeeping is inlined below
+    # (`adopt` once the scope has children, what `queue` was): one Python call less per span start and end.
     def on_start(self, span: Span, parent_context: context_api.Context | None = None) -> None:
         try:
-            parent, context, attributes = _started(span)
-            scope_name = attributes.get(_SCOPE_NAME)
+            parent, scope_name, span_id = _started(span, _SCOPE_NAME)
             if parent is None or parent[2]:  # no parent or a remote one: a new scope?
                 kind = _kind_of(span)
                 if kind is _SERVER:
                     self._open(span, ScopeKind.HTTP, _name_of(span), None)
                 elif kind is _CONSUMER:
-                    if attributes.get(_KILLED):  # a killed task's report (killed.py): judged already
+                    if _attributes(span).get(_KILLED):  # a killed task's report (killed.py): judged already
                         return
                     name = _name_of(span)
                     self._open(span, ScopeKind.CELERY, name[4:] if name.startswith("run/") else name, None)
@@ -256,7 +254,6 @@ class BudgetSpanProcessor(SpanProcessor):
             if scope_name is not None:
                 self._open(span, ScopeKind.SCOPE, str(scope_name), owner)
             elif owner is not None and not owner.closed:
-                span_id = context[1]
                 self._spans[span_id] = owner
                 open_spans = owner.open_spans
                 if open_spans is not None:  # `owner.adopt(span_id)` once the set is made
@@ -285,8 +282,7 @@ class BudgetSpanProcessor(SpanProcessor):
 
     def on_end(self, span: ReadableSpan) -> None:
         try:
-            context, kind = _ended(span)
-            span_id = context[1]
+            span_id, kind = _ended(span)
             owner = self._spans.pop(span_id, None)
             if owner is None or owner.closed:
                 return

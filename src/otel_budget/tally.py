@@ -226,7 +226,7 @@ class ScopeTally:
             statements = self.statements
             lim_systems = self.lim_systems
             last_db = self.last_db
-            for span, facts in zip(batch, map(_span_facts, batch)):
+            for span, facts in zip(batch, _span_facts(batch)):
                 try:
                     attributes, start_ns, end_ns, name, _, _ = facts
                     end_ns = end_ns or 0
@@ -459,15 +459,12 @@ def _layered(span: ReadableSpan, outer: _sdkspan.Counted, inner: _sdkspan.Counte
     """`outer` (the facts of `span`, ended after `inner`) is another layer of `inner`'s round trip: it spans it
     in time and is its parent, or, from an instrumentation that does not make its span current while the
     driver runs (SQLAlchemy's: both spans have the request's as parent), its sibling with the same statement."""
-    attributes, start_ns, end_ns, _, parent, context = outer
+    attributes, start_ns, end_ns, _, parent_id, span_id = outer
     if (end_ns or 0) < (inner[2] or 0) or (start_ns or 0) > (inner[1] or 0):
         return False
-    inner_parent = inner[4]
-    if inner_parent is not None and inner_parent[1] == context[1]:
+    if inner[4] == span_id:
         return True
-    if (inner_parent[1] if inner_parent is not None else 0) != (parent[1] if parent is not None else 0):
-        return False
-    if _sdkspan.scope_name(span) not in names.SIBLING_LAYERS:
+    if inner[4] != parent_id or _sdkspan.scope_name(span) not in names.SIBLING_LAYERS:
         return False
     keys = names.DB_STATEMENT + names.HTTP_URL
     mine, theirs = first(attributes, keys), first(inner[0], keys)

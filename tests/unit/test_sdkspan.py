@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from operator import attrgetter
-
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import SpanKind
 
@@ -33,24 +30,7 @@ def test_fast_and_public_readers_agree() -> None:
         for fast, public in pairs:
             assert fast(span) == public(span), (stage, fast.__name__)
         assert dict(_sdkspan._fast_attributes(span)) == dict(_sdkspan._public_attributes(span)) == {"db.system": "postgresql"}
-        for fast_tuple, public_tuple in (
-            (_sdkspan._fast_started, _sdkspan._public_started),
-            (_sdkspan._fast_ended, _sdkspan._public_ended),
-            (_sdkspan._fast_counted, _sdkspan._public_counted),
-        ):
-            fast_facts, public_facts = fast_tuple(span), public_tuple(span)
-            assert [dict(f) if isinstance(f, Mapping) else f for f in fast_facts] == [
-                dict(f) if isinstance(f, Mapping) else f for f in public_facts
-            ], (stage, fast_tuple)
-        parent, context, _ = _sdkspan.started(span)
-        assert parent is not None and (parent[1], context[1]) == (span.parent.span_id, span.context.span_id)  # type: ignore[union-attr]
         span.end()
-
-
-def test_the_per_span_readers_are_c_callables() -> None:
-    """No Python frame per span on the hot path (issue 14): `started`, `ended`, `counted` are attrgetters."""
-    for reader in (_sdkspan.started, _sdkspan.ended, _sdkspan.counted):
-        assert type(reader) is attrgetter
 
 
 def test_clean_attributes_go_in_until_the_span_ends() -> None:
