@@ -119,7 +119,9 @@ def main(argv: list[str]) -> int:
     from per_span import CONFIGS
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--compare", action="store_true", help="run the configurations under callgrind, print the ratios")
+    parser.add_argument(
+        "--compare", action="store_true", help="run the configurations under callgrind, print the ratios"
+    )
     parser.add_argument("--configs", default=",".join(GOALS), help="--compare: besides plain OTel, comma-separated")
     parser.add_argument("--sizes", default=",".join(map(str, SIZES)), help="--compare: the two numbers of scopes")
     parser.add_argument("--jobs", type=int, default=2, help="--compare: valgrind runs at a time")
