@@ -6,7 +6,7 @@ VPY     := $(VENV)/bin/python
 STACK   := $(PYTHON) stack/stack.py
 PYTEST_ARGS ?=
 
-.PHONY: help venv stack stack-down stack-status stack-build test-tools validate-config test demo bench
+.PHONY: help venv stack stack-down stack-status stack-build test-tools validate-config test demo bench bench-instructions valgrind
 
 help:
 	@echo "make venv            .venv with otel-budget[all,dev] (re-run when pyproject.toml changes)"
@@ -18,7 +18,8 @@ help:
 	@echo "make validate-config check collector-config/config.yaml (and the Prometheus config)"
 	@echo "make test            stack + venv + test-tools, then pytest"
 	@echo "make demo            stack + venv, then examples/demo.py"
-	@echo "make bench           venv + stack, then benchmarks/run.py"
+	@echo "make bench           venv + stack, then benchmarks/run.py and bench-instructions"
+	@echo "make bench-instructions  instructions per scope under callgrind, ratios to plain OTel (~10 min)"
 
 venv: $(VENV)/.stamp
 
@@ -59,7 +60,18 @@ demo: stack venv
 
 # The e2e benchmark drives the shop with wrk (a Debian package).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo -n)
-bench: venv stack
+bench: venv stack valgrind
 	@command -v wrk >/dev/null || $(SUDO) apt-get install -y -q --no-install-recommends wrk \
 		|| { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q --no-install-recommends wrk; }
 	$(VPY) benchmarks/run.py
+	$(VPY) benchmarks/instructions.py --compare
+
+# Instruction counts (noise-free): each configuration at two sizes under callgrind, the difference per scope.
+bench-instructions: venv valgrind
+	$(VPY) benchmarks/instructions.py --compare
+
+# valgrind (callgrind) from Debian's packages, when it is not there yet.
+valgrind:
+	@command -v valgrind >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q valgrind; }

@@ -5,7 +5,7 @@ Per span it does one dict lookup at start and, at end, hands the span to its sco
 attributes and `budget.exceeded` events land on the exported span itself.
 
     on_start ─ which scope? ─> ScopeTally.adopt            (tally.py)
-    on_end ─── CLIENT span ──> ScopeTally.queue / drain    (tally.py: counts against compiled limits)
+    on_end ─── CLIENT span ──> ScopeTally.pending / drain  (tally.py: counts against compiled limits)
     scope span's end ────────> ScopeTally.measure ─> verdict.judge ─> ScopeResult
                                  ─> sinks.write_to_span (spanformat.encode), _metrics, sinks.Listeners
 """
@@ -58,6 +58,7 @@ _KILLED = names.ATTR_KILLED
 _TASKS_ENQUEUED = tally.slot_of(names.TASKS_ENQUEUED)
 _UNTIMED_CALLS = tally.slot_of(names.EXTERNAL_UNTIMED_CALLS)
 _UNTIMED_CONNECTIONS = tally.slot_of(names.DB_UNTIMED_CONNECTIONS)
+_DRAIN_EVERY = tally.DRAIN_EVERY
 _MAX_ROUTE_SPANS = 8  # open SERVER/INTERNAL spans watched per request for its route
 _kind_of = _sdkspan.kind
 _id_of = _sdkspan.span_id
@@ -241,8 +242,10 @@ class BudgetSpanProcessor(SpanProcessor):
             )
 
     # -- SpanProcessor --------------------------------------------------------------------------------
-    # This is the whole per-span cost: on_start one dict lookup (one insert inside a scope), on_end
-    # one pop and, for a counted span, a queue append on its tally (counted 16 at a time).
+    # This is the whole per-span cost: on_start one dict lookup (one insert inside a scope), on_end one pop
+    # and, for a counted span, an append to its tally's queue (counted 16 at a time). The span's fields come
+    # from one `_sdkspan` call at start and one at end; `ScopeTally`'s per-span bookkeeping is inlined below
+    # (`adopt` once the scope has children, what `queue` was): one Python call less per span start and end.
     def on_start(self, span: Span, parent_context: context_api.Context | None = None) -> None:
         try:
             parent, scope_name, span_id = _started(span, _SCOPE_NAME)
@@ -263,7 +266,11 @@ class BudgetSpanProcessor(SpanProcessor):
                 self._open(span, ScopeKind.SCOPE, str(scope_name), owner)
             elif owner is not None and not owner.closed:
                 self._spans[span_id] = owner
-                owner.adopt(span_id)
+                open_spans = owner.open_spans
+                if open_spans is not None:  # `owner.adopt(span_id)` once the set is made
+                    open_spans.add(span_id)
+                else:
+                    owner.adopt(span_id)
                 if not owner.rule_final:  # a request whose route is not known yet
                     self._unrouted_child(owner, span_id, span)
         except Exception:
@@ -297,8 +304,13 @@ class BudgetSpanProcessor(SpanProcessor):
                 return
             if owner.held is not None:  # a span of an unsampled scope
                 self._held.hold(owner, span)  # type: ignore[union-attr]  # `held` is only set by `_held`
-            if kind is _CLIENT:
-                if owner.queue(span_id, span):  # a batch is waiting: count it
+            if kind is _CLIENT:  # queued for the tally's next `drain`
+                pending = owner.pending
+                if pending is None:  # its scope was evicted while the span ran
+                    return
+                owner.open_spans.discard(span_id)  # type: ignore[union-attr]  # made with `pending`
+                pending.append(span)
+                if len(pending) >= _DRAIN_EVERY:  # a batch is waiting: count it
                     if not owner.rule_final:
                         self._resolve(owner, _times(span)[1] or 0)
                     owner.drain()

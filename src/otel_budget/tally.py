@@ -155,7 +155,8 @@ class ScopeTally:
         # Ids of its spans still open, dropped from the processor's map at the end; made with the first
         # child (an empty set is 216 bytes, a fifth of a scope's state).
         self.open_spans: set[int] | None = None
-        # CLIENT spans ended but not yet counted (see `drain`); made with `open_spans`.
+        # CLIENT spans ended but not yet counted (see `drain`); made with `open_spans`. `processor.on_end` appends
+        # to it (inlined there, no call per span): it discards the span from `open_spans`, then appends.
         self.pending: list[ReadableSpan] | None = None
         # An unsampled scope's ended spans, exported if it ends over budget (`_held.HeldSpans`); else None.
         self.held: list[ReadableSpan] | None = None
@@ -180,7 +181,7 @@ class ScopeTally:
             with self.lock:  # two first children in two threads: one set, one list
                 if self.open_spans is None:
                     self.open_spans = set()
-                    self.pending = []  # last: `queue` finds `open_spans` made once it finds this
+                    self.pending = []  # last: `on_end` finds `open_spans` made once it finds this
                 open_spans = self.open_spans
         open_spans.add(span_id)
 
@@ -188,15 +189,6 @@ class ScopeTally:
         """A span of this scope ended."""
         if self.open_spans is not None:
             self.open_spans.discard(span_id)
-
-    def queue(self, span_id: int, span: ReadableSpan) -> bool:
-        """A CLIENT span ended: kept for the next `drain`; True when a batch (`DRAIN_EVERY`) is waiting."""
-        pending = self.pending
-        if pending is None:  # its scope was evicted while the span ran
-            return False
-        self.open_spans.discard(span_id)  # type: ignore[union-attr]  # made with `pending`
-        pending.append(span)
-        return len(pending) >= DRAIN_EVERY
 
     def release(self) -> list[int]:
         """Close the scope for good: the ids of its spans still open (they will never be counted)."""

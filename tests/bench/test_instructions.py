@@ -1,0 +1,64 @@
+"""benchmarks/instructions.py --compare: the parsing and ratio code on fake callgrind output, and one real run."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+
+import instructions  # noqa: E402
+
+
+def fake_stderr(total: int) -> str:
+    """What valgrind prints on stderr at the end of a callgrind run (the profile written to /dev/null)."""
+    return (
+        "==4242== Callgrind, a call-graph generating cache profiler\n==4242== \n"
+        f"==4242== Events    : Ir\n==4242== Collected : {total}\n==4242== \n==4242== I   refs:      {total:,}\n"
+    )
+
+
+def test_compare_on_fake_callgrind_output(capsys: pytest.CaptureFixture[str]) -> None:
+    """Per scope = (total at the large size - total at the small) / (large - small); ratios against plain OTel."""
+    totals = {
+        ("otel", 10): 1_000_000_000, ("otel", 30): 1_080_000_000,  # 4 000 000 per scope
+        ("otel+budget", 10): 1_100_000_000, ("otel+budget", 30): 1_184_000_000,  # 4 200 000: 1.050
+        ("otel+budget,no-metrics", 10): 1_050_000_000, ("otel+budget,no-metrics", 30): 1_132_480_000,  # 4 124 000
+    }  # fmt: skip
+    asked: list[tuple[str, int]] = []
+
+    def run(config: str, scopes: int) -> str:
+        asked.append((config, scopes))
+        return fake_stderr(totals[config, scopes])
+
+    costs = instructions.compare(["otel+budget", "otel+budget,no-metrics"], [10, 30], run, jobs=1)
+    assert sorted(asked) == sorted(totals)
+    assert costs == {"otel": 4_000_000, "otel+budget": 4_200_000, "otel+budget,no-metrics": 4_124_000}
+    assert list(costs) == ["otel", "otel+budget", "otel+budget,no-metrics"]  # the baseline first
+    assert instructions.ratios(costs)["otel+budget,no-metrics"] == pytest.approx(1.031)
+    table = instructions.report(costs)
+    assert table[1].split() == ["otel", "4,000,000", "1.000"]
+    assert table[2].split() == ["otel+budget", "4,200,000", "1.050", "<=1.05", "yes"]  # at the goal: holds
+    assert table[3].split() == ["otel+budget,no-metrics", "4,124,000", "1.031", "<=1.03", "no"]
+    assert "otel+budget 30: Collected 1184000000" in capsys.readouterr().err
+
+
+def test_parse_collected_takes_callgrinds_line_and_refuses_output_without_it() -> None:
+    assert instructions.parse_collected(fake_stderr(5_981_383_122)) == 5_981_383_122
+    assert instructions.parse_collected("==1== Collected : 7\n==2== Collected : 9\n") == 9  # the last one
+    with pytest.raises(ValueError, match="no 'Collected :' line"):
+        instructions.parse_collected("valgrind: command not found\n")
+    with pytest.raises(ValueError, match="two different sizes"):
+        instructions.per_scope({200: 5})
+    assert instructions.per_scope({600: 5_981_383_122, 200: 3_967_231_866}) == pytest.approx(5_035_378.14)
+
+
+def test_one_real_callgrind_run() -> None:
+    """Plain OTel under valgrind at tiny sizes: a plausible cost per scope (21 spans), from a real `Collected` line."""
+    assert shutil.which("valgrind"), "valgrind is on every machine of this kind (make valgrind installs it)"
+    costs = instructions.compare([], [1, 3], instructions.valgrind_runner(warm_up=5), jobs=2)
+    assert list(costs) == ["otel"]
+    assert 1_000_000 < costs["otel"] < 50_000_000, costs
