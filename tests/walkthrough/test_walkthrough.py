@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import newcomer
+from tests.browser import dump_dom, select
 from newcomer import BOOKS, JAEGER, StepFailed, Walkthrough, jaeger_traces, prometheus_query, wait_for
 
 TASK = "books.tasks.rebuild_index"
@@ -93,6 +94,8 @@ def run_steps(walk: Walkthrough) -> None:
         in_prometheus(walk)
     with walk.step("8 otel-budget report"):
         in_report(walk)
+    with walk.step("9 otel-budget report --html, the page as headless Chromium builds it"):
+        in_html_report(walk)
 
 
 def in_jaeger(walk: Walkthrough) -> None:
@@ -145,12 +148,18 @@ def in_prometheus(walk: Walkthrough) -> None:
     assert seen == {(walk.service, "books/", "db.repeated_queries", 1.0), (walk.worker_service, TASK, "db.repeated_queries", 1.0)}
 
 
-def in_report(walk: Walkthrough) -> None:
+def report_argv(walk: Walkthrough, *extra: str) -> list[str]:
+    """The README's report command, for this run's two services, as a CI gate."""
     argv = newcomer.report_command()
     services = [walk.service, walk.worker_service]
     argv = [a for i, a in enumerate(argv) if a != "--service" and (i == 0 or argv[i - 1] != "--service")]
-    argv += [w for s in services for w in ("--service", s)] + ["--fail-on-violation"]
-    output = walk.run([str(newcomer.BIN / argv[0]), *argv[1:]], ok=(1,))
+    argv += [w for s in services for w in ("--service", s)] + ["--fail-on-violation", *extra]
+    return [str(newcomer.BIN / argv[0]), *argv[1:]]
+
+
+def in_report(walk: Walkthrough) -> None:
+    services = [walk.service, walk.worker_service]
+    output = walk.run(report_argv(walk), ok=(1,))
     over = set()
     for line in output.splitlines():
         words = line.split()  # service, scope (may hold spaces), metric, runs, p50, p95, limit, over, trace
@@ -161,3 +170,22 @@ def in_report(walk: Walkthrough) -> None:
     if not wanted <= over:
         raise StepFailed(f"the report does not list both N+1s (p95 {BOOKS}, limits 3 and 5, 1 over):\n{output}")
     assert f"{JAEGER}/trace/" in output
+
+
+def in_html_report(walk: Walkthrough) -> None:
+    """`--html report.html`, as the README words it: the page lists both N+1s, and each one's waterfall
+    marks the crossing of `db.repeated_queries` and names the repeated statement."""
+    assert "`--html report.html`" in newcomer.readme(), "README: the --html option"
+    page = walk.root / "report.html"
+    walk.run(report_argv(walk, "--html", str(page)), ok=(1,))
+    dom = dump_dom(page)
+    offenders = {(e.attrs.get("data-label"), e.attrs.get("data-metric")) for e in select(dom, "div", "offender")}
+    wanted = {("GET books/", "db.repeated_queries"), (f"task {TASK}", "db.repeated_queries")}
+    if not wanted <= offenders:
+        raise StepFailed(f"the HTML page does not list both N+1s: {sorted(offenders, key=str)}")
+    waterfalls = {w.attrs.get("data-label"): w for w in select(dom, "div", "waterfall")}
+    assert {"GET books/", f"task {TASK}"} <= set(waterfalls), sorted(waterfalls, key=str)
+    crossings = [c.attrs.get("data-metric") for c in select(dom, "g", "crossing")]
+    assert crossings.count("db.repeated_queries") >= 2, crossings
+    statements = [e for e in dom.elements if e.tag == "code"]
+    assert any("books_author" in "".join(e.text) for e in statements), [e.text for e in statements]
