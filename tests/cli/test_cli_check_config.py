@@ -147,3 +147,18 @@ def test_version() -> None:
     """`otel-budget --version` prints the installed version."""
     result = run_cli("--version")
     assert (result.returncode, result.stdout) == (0, f"otel-budget {otel_budget.__version__}\n")
+
+
+def test_repeated_duration_limit(write: Callable[[str, str], str]) -> None:
+    """`db.repeated_duration_ms` is accepted in a section and an override; a negative limit is refused."""
+    text = (
+        "[http]\ndb.repeated_queries = 20\ndb.repeated_duration_ms = 50\n\n"
+        '[[http.route]]\nmatch = "books/*"\ndb.repeated_duration_ms = 5.5\n'
+    )
+    good = run_cli("check-config", write("sentry.toml", text))
+    assert (good.returncode, good.stdout) == (0, "sentry.toml: ok (1 section(s), 1 route and 0 task override(s))\n")
+    bad = run_cli("check-config", write("negative.toml", "[celery]\ndb.repeated_duration_ms = -50\n"))
+    assert (bad.returncode, bad.stderr) == (
+        1,
+        "error: negative.toml: celery.db.repeated_duration_ms: must be a non-negative number, got negative -50\n",
+    )
