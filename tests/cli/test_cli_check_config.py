@@ -11,8 +11,9 @@ from cli_support import run_cli
 
 METRICS = (
     "cpu_ms, db.duration_ms, db.mongodb.duration_ms, db.mongodb.queries, db.postgresql.duration_ms, "
-    "db.postgresql.queries, db.queries, db.repeated_duration_ms, db.repeated_queries, db.untimed_connections, duration_ms, "
-    "external.calls, external.duration_ms, external.untimed_calls, memory.growth_mb, memory.peak_growth_mb, tasks.enqueued "
+    "db.postgresql.queries, db.queries, db.repeated_duration_ms, db.repeated_queries, db.untimed_connections, "
+    "duration_ms, external.calls, external.duration_ms, external.untimed_calls, memory.growth_mb, "
+    "memory.peak_growth_mb, tasks.enqueued "
     "(and db.<system>.queries / db.<system>.duration_ms for other systems)"
 )
 GOOD = """

@@ -20,7 +20,10 @@ N_PLUS_ONE = "SELECT * FROM book WHERE author_id = %s"
 def timed_db(tracing: Tracing, statement: str, start_ns: int, ns: int) -> None:
     """A DB CLIENT span of exactly `ns`, starting at `start_ns`, in the current scope."""
     span = tracing.tracer.start_span(
-        "db", kind=SpanKind.CLIENT, attributes={"db.system": "postgresql", "db.statement": statement}, start_time=start_ns
+        "db",
+        kind=SpanKind.CLIENT,
+        attributes={"db.system": "postgresql", "db.statement": statement},
+        start_time=start_ns,
     )
     span.end(end_time=start_ns + ns)
 
