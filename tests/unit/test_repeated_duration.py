@@ -207,3 +207,26 @@ def test_budgets_file_refuses_a_negative_limit(tmp_path: Path) -> None:
     assert str(info.value).replace(str(tmp_path) + "/", "") == (
         "budgets.toml: http.db.repeated_duration_ms: must be a non-negative number, got negative -50"
     )
+
+
+def test_default_histogram_records_the_exact_value() -> None:
+    """It gets a histogram by default (a signal on most scopes, unlike the untimed counts): sum and count exact."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    reader = InMemoryMetricReader()
+    tracing = make_tracing(record_metrics=True, meter_provider=MeterProvider([reader]))
+    for request in range(2):
+        with server(tracing) as span:
+            for index in range(3):
+                timed_db(tracing, N_PLUS_ONE.replace("%s", str(index)), T0 + index * 10**7, 1_500_000 << request)
+            span.end(end_time=T0 + 10**9)
+    points = [
+        point
+        for resource in reader.get_metrics_data().resource_metrics
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+        if metric.name == "budget.db.repeated_duration"  # unit ms on the instrument, not in its name
+        for point in metric.data.data_points
+    ]
+    assert [(point.count, point.sum) for point in points] == [(2, 4.5 + 9.0)]
