@@ -275,9 +275,12 @@ class ScopeTally:
                 per_system[0] += 1
                 per_system[1] += ns
                 repeats = statements.get(key, 0) + 1
-                if repeats > 1 or len(statements) < MAX_STATEMENTS:
+                if repeats > 1:  # remembered: `statement_ns` has the same keys as `statements`
                     statements[key] = repeats
-                    key_ns = statement_ns[key] = statement_ns.get(key, 0) + ns
+                    key_ns = statement_ns[key] = statement_ns[key] + ns
+                elif len(statements) < MAX_STATEMENTS:
+                    statements[key] = 1
+                    key_ns = statement_ns[key] = ns
                 # The most repeated statement changes only when a statement's count goes past the highest
                 # (on a tie the first to reach it stays), and its time grows only when it runs again, which
                 # passes the highest count: its time is taken here, and compared with its limit here only.
