@@ -148,7 +148,8 @@ class ShopProcesses:
         env = dict(os.environ)
         env.update(
             PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}",
-            PYTHONPATH=str(SHOP_DIR),
+            # this checkout's otel-budget first (a worktree's e2e runs test its own code, not the installed copy)
+            PYTHONPATH=os.pathsep.join(str(p) for p in (SHOP_DIR, REPO_DIR / "src") if p.is_dir()),
             DJANGO_SETTINGS_MODULE="shop.settings",
             SHOP_PARTNER_URL=self.partner_url,
             OTEL_SERVICE_NAME=service,

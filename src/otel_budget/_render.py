@@ -43,8 +43,10 @@ def failure_message(over: Iterable[ScopeResult], budgets: BudgetConfig, marker_l
                 f"  {violation.metric}: {number(violation.actual)} > limit {number(violation.limit)}"
                 f"  [rule {violation.rule}]"
             )
-            if violation.statement:
+            if violation.statement and violation.metric == names.DB_REPEATED_QUERIES:
                 lines.append(f"    repeated {number(violation.actual)} times: {violation.statement}")
+            elif violation.statement:  # db.repeated_duration_ms: the time of the most repeated statement
+                lines.append(f"    the most repeated statement: {violation.statement}")
             from_code = _set_in_code(violation, marker_limits)
             lines.append(f"    {_where(violation, scope, budgets, from_code)}")
             target = in_code if from_code else raise_to

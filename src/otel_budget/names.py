@@ -12,6 +12,8 @@ MEMORY_PEAK_GROWTH_MB = "memory.peak_growth_mb"
 DB_QUERIES = "db.queries"
 DB_DURATION_MS = "db.duration_ms"
 DB_REPEATED_QUERIES = "db.repeated_queries"
+# DB time of the statement `db.repeated_queries` counts (the most repeated one): an N+1 that costs something.
+DB_REPEATED_DURATION_MS = "db.repeated_duration_ms"
 EXTERNAL_CALLS = "external.calls"
 EXTERNAL_DURATION_MS = "external.duration_ms"
 TASKS_ENQUEUED = "tasks.enqueued"
@@ -26,6 +28,7 @@ FIXED_METRICS = (
     DB_QUERIES,
     DB_DURATION_MS,
     DB_REPEATED_QUERIES,
+    DB_REPEATED_DURATION_MS,
     EXTERNAL_CALLS,
     EXTERNAL_DURATION_MS,
     TASKS_ENQUEUED,
@@ -36,6 +39,8 @@ FIXED_METRICS = (
 # is one SDK record per scope (~70 000 instructions, docs/benchmarks.md), and these counts are 0 on almost
 # every scope; their violations are counted by `budget.violations` all the same.
 NOT_DEFAULT_HISTOGRAMS = frozenset({EXTERNAL_UNTIMED_CALLS, DB_UNTIMED_CONNECTIONS})
+# Metrics whose `budget.exceeded` event names the most repeated statement (`budget.statement`).
+STATEMENT_METRICS = frozenset({DB_REPEATED_QUERIES, DB_REPEATED_DURATION_MS})
 # Metrics known only when the scope ends; their events carry the scope's end time.
 END_ONLY_METRICS = frozenset({DURATION_MS, CPU_MS, MEMORY_GROWTH_MB, MEMORY_PEAK_GROWTH_MB})
 # Metrics whose value is an integer count.

@@ -122,7 +122,7 @@ def decode(
     violations = tuple(
         _violation(fields, timestamp_ns) for event_name, fields, timestamp_ns in events if event_name == names.EVENT_EXCEEDED
     )
-    repeated = next((v.statement for v in violations if v.metric == names.DB_REPEATED_QUERIES and v.statement), None)
+    repeated = next((v.statement for v in violations if v.metric in names.STATEMENT_METRICS and v.statement), None)
     error = attributes.get(names.ATTR_CONFIG_ERROR)
     top = attributes.get(names.ATTR_MEMORY_TOP)
     return ScopeResult(

@@ -59,6 +59,7 @@ COUNTED: tuple[Counted, ...] = (
     Counted(names.DB_QUERIES),
     Counted(names.DB_DURATION_MS, NS_PER_MS),
     Counted(names.DB_REPEATED_QUERIES, merged=False),  # the most repeats of one statement, merged per statement
+    Counted(names.DB_REPEATED_DURATION_MS, NS_PER_MS, merged=False),  # that statement's DB time, merged per statement
     Counted(names.EXTERNAL_CALLS),
     Counted(names.EXTERNAL_DURATION_MS, NS_PER_MS),
     Counted(names.TASKS_ENQUEUED),
@@ -78,6 +79,7 @@ def slot_of(metric: str) -> int:
 DB_QUERIES = slot_of(names.DB_QUERIES)
 DB_NS = slot_of(names.DB_DURATION_MS)
 REPEATS = slot_of(names.DB_REPEATED_QUERIES)
+REPEATED_NS = slot_of(names.DB_REPEATED_DURATION_MS)
 EXTERNAL_CALLS = slot_of(names.EXTERNAL_CALLS)
 EXTERNAL_NS = slot_of(names.EXTERNAL_DURATION_MS)
 
@@ -122,7 +124,7 @@ class ScopeTally:
     __slots__ = (
         "kind", "name", "span", "span_id", "parent", "closed", "lock", "rule", "rule_final", "code_limits",
         "start_ns", "rss_start", "peak_start", "cpu_start", "thread_id", "counts", "limits", "lim_systems",
-        "systems", "statements", "max_statement", "crossed", "open_spans", "pending", "held", "held_overflow",
+        "systems", "statements", "statement_ns", "max_statement", "crossed", "open_spans", "pending", "held", "held_overflow",
         "untimed_keys", "untimed", "last_db", "last_http", "route", "route_spans",
     )  # fmt: skip
 
@@ -149,7 +151,8 @@ class ScopeTally:
         self.limits: tuple[float, ...] | list[float] = (INF,) * len(COUNTED)
         self.lim_systems = _NO_SYSTEM_LIMITS
         self.systems: dict[str, list[int]] = {}  # system -> [queries, ns]
-        self.statements: dict[str, int] = {}
+        self.statements: dict[str, int] = {}  # normalised statement -> executions (at most MAX_STATEMENTS keys)
+        self.statement_ns: dict[str, int] = {}  # the same keys -> their DB time, ns
         self.max_statement: str | None = None
         self.crossed: dict[str, int] | None = None  # metric -> time the limit was crossed
         # Ids of its spans still open, dropped from the processor's map at the end; made with the first
@@ -219,10 +222,14 @@ class ScopeTally:
             del pending[: len(batch)]
             counts = self.counts
             queries, db_ns, max_repeat = counts[DB_QUERIES], counts[DB_NS], counts[REPEATS]
+            repeated_ns = counts[REPEATED_NS]
             limits = self.limits
             lim_queries, lim_db_ns, lim_repeat = limits[DB_QUERIES], limits[DB_NS], limits[REPEATS]
+            lim_repeated_ns = limits[REPEATED_NS]
             systems = self.systems
             statements = self.statements
+            statement_ns = self.statement_ns
+            key_ns = 0
             lim_systems = self.lim_systems
             last_db = self.last_db
             for span, facts in zip(batch, _span_facts(batch)):
@@ -268,11 +275,24 @@ class ScopeTally:
                 per_system[0] += 1
                 per_system[1] += ns
                 repeats = statements.get(key, 0) + 1
-                if repeats > 1 or len(statements) < MAX_STATEMENTS:
+                if repeats > 1:  # remembered: `statement_ns` has the same keys as `statements`
                     statements[key] = repeats
+                    key_ns = statement_ns[key] = statement_ns[key] + ns
+                elif len(statements) < MAX_STATEMENTS:
+                    statements[key] = 1
+                    key_ns = statement_ns[key] = ns
+                # The most repeated statement changes only when a statement's count goes past the highest
+                # (on a tie the first to reach it stays), and its time grows only when it runs again, which
+                # passes the highest count: its time is taken here, and compared with its limit here only.
+                # (`key_ns` is this span's statement's: a statement not remembered has `repeats == 1`,
+                # which is past `max_repeat` only for the scope's first statement, always remembered.)
                 if repeats > max_repeat:
                     max_repeat = repeats
                     self.max_statement = key
+                    repeated_ns = key_ns
+                    if repeated_ns > lim_repeated_ns:
+                        self._cross(REPEATED_NS, end_ns)
+                        lim_repeated_ns = INF
                 if queries > lim_queries:
                     self._cross(DB_QUERIES, end_ns)
                     lim_queries = INF
@@ -285,6 +305,7 @@ class ScopeTally:
                 if lim_systems and system in lim_systems:
                     self._cross_system(system, per_system, end_ns)
             counts[DB_QUERIES], counts[DB_NS], counts[REPEATS] = queries, db_ns, max_repeat
+            counts[REPEATED_NS] = repeated_ns
             self.last_db = last_db
 
     def add(self, slot: int, amount: int, at_ns: int) -> None:
@@ -402,11 +423,14 @@ class ScopeTally:
             for slot, row in enumerate(COUNTED):
                 if row.merged:
                     outer_counts[slot] += counts[slot]
+            outer_ns, inner_ns = outer.statement_ns, self.statement_ns
             for key, count in self.statements.items():
                 repeats = outer.statements.get(key, 0) + count
                 outer.statements[key] = repeats
-                if repeats > outer_counts[REPEATS]:
+                key_ns = outer_ns[key] = outer_ns.get(key, 0) + inner_ns.get(key, 0)
+                if repeats > outer_counts[REPEATS]:  # as in `drain`: on a tie the outer scope's statement stays
                     outer_counts[REPEATS], outer.max_statement = repeats, key
+                    outer_counts[REPEATED_NS] = key_ns
             self._merge_untimed(outer)
         if outer.rule is not None:
             outer.recheck(end_ns)

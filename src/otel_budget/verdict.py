@@ -26,7 +26,8 @@ def violations(
     """One `Violation` per limit of `rule` that `values` exceed, in the rule's order.
 
     A count or time limit is dated when it was crossed (`crossed`, metric -> ns); the others, known
-    only at the end, at `end_ns`. `statement` is the most repeated one, for `db.repeated_queries`;
+    only at the end, at `end_ns`. `statement` is the most repeated one, for `db.repeated_queries`
+    and `db.repeated_duration_ms`;
     `details` (metric -> library, target, call site) name the untimed call or connection behind a metric.
     """
     found = []
@@ -42,7 +43,7 @@ def violations(
                     actual=actual,
                     rule=rule.sources.get(metric, rule.name),
                     timestamp_ns=end_ns if metric in names.END_ONLY_METRICS else crossed.get(metric, end_ns),
-                    statement=statement if metric == names.DB_REPEATED_QUERIES else None,
+                    statement=statement if metric in names.STATEMENT_METRICS else None,
                     details=details.get(metric),
                 )
             )

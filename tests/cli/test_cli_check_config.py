@@ -11,8 +11,9 @@ from cli_support import run_cli
 
 METRICS = (
     "cpu_ms, db.duration_ms, db.mongodb.duration_ms, db.mongodb.queries, db.postgresql.duration_ms, "
-    "db.postgresql.queries, db.queries, db.repeated_queries, db.untimed_connections, duration_ms, external.calls, "
-    "external.duration_ms, external.untimed_calls, memory.growth_mb, memory.peak_growth_mb, tasks.enqueued "
+    "db.postgresql.queries, db.queries, db.repeated_duration_ms, db.repeated_queries, db.untimed_connections, "
+    "duration_ms, external.calls, external.duration_ms, external.untimed_calls, memory.growth_mb, "
+    "memory.peak_growth_mb, tasks.enqueued "
     "(and db.<system>.queries / db.<system>.duration_ms for other systems)"
 )
 GOOD = """
@@ -147,3 +148,18 @@ def test_version() -> None:
     """`otel-budget --version` prints the installed version."""
     result = run_cli("--version")
     assert (result.returncode, result.stdout) == (0, f"otel-budget {otel_budget.__version__}\n")
+
+
+def test_repeated_duration_limit(write: Callable[[str, str], str]) -> None:
+    """`db.repeated_duration_ms` is accepted in a section and an override; a negative limit is refused."""
+    text = (
+        "[http]\ndb.repeated_queries = 20\ndb.repeated_duration_ms = 50\n\n"
+        '[[http.route]]\nmatch = "books/*"\ndb.repeated_duration_ms = 5.5\n'
+    )
+    good = run_cli("check-config", write("sentry.toml", text))
+    assert (good.returncode, good.stdout) == (0, "sentry.toml: ok (1 section(s), 1 route and 0 task override(s))\n")
+    bad = run_cli("check-config", write("negative.toml", "[celery]\ndb.repeated_duration_ms = -50\n"))
+    assert (bad.returncode, bad.stderr) == (
+        1,
+        "error: negative.toml: celery.db.repeated_duration_ms: must be a non-negative number, got negative -50\n",
+    )

@@ -102,6 +102,30 @@ def test_n_plus_1_exports_one_repeated_queries_event(trace_of: Callable[..., Sho
     assert (span.scope.values["db.queries"], span.scope.values["db.repeated_queries"], len(span.scope.violations)) == (21, 20, 1)
 
 
+def test_n_plus_1_time_is_the_sum_of_its_spans_in_jaeger(trace_of: Callable[..., ShopTrace]) -> None:
+    """`budget.db.repeated_duration_ms` of the N+1 view is the sum of its 20 order-line spans' durations in Jaeger.
+
+    The processor sums SDK end - start in ns and rounds the sum to the µs (±0.5 µs); Jaeger keeps each
+    span's duration in whole µs (within 1 µs of the ns one), so n spans' sums differ by < n + 0.5 µs.
+    """
+    trace = trace_of("orders_n_plus_1")
+    span = trace.request
+    loop = 'FROM "store_orderline" WHERE "store_orderline"."order_id" = '
+    repeated = [
+        s
+        for s in trace.spans
+        if s.kind == "client"
+        and (s.attributes.get("db.system") or s.attributes.get("db.system.name")) == "postgresql"
+        and loop in str(s.attributes.get("db.statement") or s.attributes.get("db.query.text"))
+    ]
+    assert len(repeated) == span.scope.values["db.repeated_queries"] == 20
+    jaeger_us = sum(s.duration_us for s in repeated)
+    ours_us = span.attributes["budget.db.repeated_duration_ms"] * 1000
+    assert jaeger_us > 0 and abs(ours_us - jaeger_us) < len(repeated) + 0.5, (ours_us, jaeger_us)
+    assert ours_us < span.attributes["budget.db.duration_ms"] * 1000  # the other query's time is not in it
+    assert "db.repeated_duration_ms" not in events(span)  # measured, no default limit
+
+
 def test_prefetched_orders_are_within_budget(trace_of: Callable[..., ShopTrace]) -> None:
     """The same page with prefetch_related: two queries, no events."""
     span = trace_of("orders_prefetched").request

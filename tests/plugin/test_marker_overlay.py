@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 
 TESTS = """
+import time
+
 import pytest
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
@@ -52,6 +54,16 @@ def test_decorator_limit_is_code():
         reprice()
 
 
+@pytest.mark.budget(db_repeated_duration_ms=0)
+def test_repeated_duration_marker():
+    with budget_scope("job"):
+        tracer = trace.get_tracer("tests")
+        for i in range(3):
+            attributes = {"db.system": "sqlite", "db.statement": f"SELECT * FROM t WHERE id = {i}"}
+            with tracer.start_as_current_span("query", kind=SpanKind.CLIENT, attributes=attributes):
+                time.sleep(0.002)
+
+
 @pytest.mark.budget(db_queries=5)
 def test_set_budget_limit_is_code():
     with budget_scope("job"):
@@ -81,6 +93,20 @@ def test_marker_limit_applies_as_rule_code(scopes: pytest.Pytester) -> None:
             "scope job  (trace *)",
             "  db.queries: 2 > limit 1  [rule code]",
             "Fix the code, or raise the limit for this test: @pytest.mark.budget(db_queries=2)",
+        ]
+    )
+
+
+def test_marker_limits_the_repeated_statement_time(scopes: pytest.Pytester) -> None:
+    """`@pytest.mark.budget(db_repeated_duration_ms=0)`: three 2 ms runs of one statement fail the test."""
+    result = run(scopes, "budgets.toml", "test_repeated_duration_marker")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "this test's @pytest.mark.budget: db_repeated_duration_ms=0",
+            "  db.repeated_duration_ms: * > limit 0  ?rule code?",  # fnmatch: `[` opens a set
+            "    the most repeated statement: SELECT * FROM t WHERE id = ?",
+            "Fix the code, or raise the limit for this test: @pytest.mark.budget(db_repeated_duration_ms=*)",
         ]
     )
 

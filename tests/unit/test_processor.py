@@ -470,8 +470,8 @@ def test_summary_through_the_sdk_when_span_limits_could_bite() -> None:
     from otel_budget import BudgetSpanProcessor
 
     for limits, check in (
-        # 9 of the app's + our 16 (12 metrics, 2 for sqlite, violations, rule) > 18: the SDK drops the 7 oldest.
-        (SpanLimits(max_span_attributes=18), lambda span: span.dropped_attributes == 7 and "app.7" in span.attributes),
+        # 9 of the app's + our 17 (13 metrics, 2 for sqlite, violations, rule) > 18: the SDK drops the 8 oldest.
+        (SpanLimits(max_span_attributes=18), lambda span: span.dropped_attributes == 8 and "app.8" in span.attributes),
         # Values cut to 3 characters (`db.system` too: "sql").
         (SpanLimits(max_span_attribute_length=3), lambda span: span.attributes["budget.rule"] == "htt"),
     ):
