@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from celery.exceptions import TimeLimitExceeded, WorkerLostError
-from conftest import make_tracing
+from tracing_kit import make_tracing
 from opentelemetry.trace import SpanKind
 
 from otel_budget import spanformat, verdict
