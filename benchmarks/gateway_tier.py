@@ -18,7 +18,10 @@ A step is saturated when the agent accepts less than 97 % of what was offered, a
 failed or dropped, or a sending queue reaches its capacity. Bounded: STEP_S seconds per rate plus the
 gateways' 10 s decision wait, loopback only. Starts collectors on fixed ports: run it under the lock,
 
-    flock /tmp/otel-budget-servers.lock /work/main/.venv/bin/python benchmarks/gateway_tier.py 5000,10000,20000,40000,60000
+    flock /tmp/otel-budget-servers.lock .venv/bin/python benchmarks/gateway_tier.py 5000,10000,20000,40000,60000,80000
+    GATEWAY_TIER_SENDERS=4 flock /tmp/otel-budget-servers.lock .venv/bin/python benchmarks/gateway_tier.py 100000,140000,180000,240000
+
+(GATEWAY_TIER_SENDERS: sender processes, 2 by default.)
 
 One JSON line per step on stdout; a markdown table at the end.
 """
@@ -44,7 +47,7 @@ import stack  # noqa: E402
 from stack.commands import wait_healthy  # noqa: E402
 
 OFFSET, SINK_PORT, SINK_METRICS_PORT = 22000, 26999, 26998
-STEP_S, SETTLE_S, SENDERS = 10.0, 14.0, 2  # SETTLE_S > the gateways' decision_wait (10 s) + batch (1 s)
+STEP_S, SETTLE_S, SENDERS = 10.0, 14.0, int(os.environ.get("GATEWAY_TIER_SENDERS", "2"))  # SETTLE_S > the gateways' decision_wait (10 s) + batch (1 s)
 TRACES_PER_REQUEST, DB_SPANS, EXCEEDED_EVERY = 50, 20, 5
 SPANS_PER_REQUEST = TRACES_PER_REQUEST * (1 + DB_SPANS)
 SINK = """
