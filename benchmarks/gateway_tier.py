@@ -100,6 +100,14 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def machine_busy() -> tuple[float, float]:
+    """(busy, total) jiffies of all cores since boot, from /proc/stat."""
+    with open("/proc/stat") as f:
+        values = [int(v) for v in f.readline().split()[1:]]
+    idle = values[3] + values[4]
+    return sum(values) - idle, sum(values)
+
+
 def requests(count: int) -> list[bytes]:
     """`count` encoded ExportTraceServiceRequests of TRACES_PER_REQUEST traces (a SERVER span and DB_SPANS DB spans)."""
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -174,6 +182,7 @@ def step(rate: int, agent_endpoint: str, procs: dict[str, tuple[int, int]]) -> d
     """One offered rate: send for STEP_S, sample queues meanwhile, settle, return the step's figures."""
     before = {name: telemetry(port) for name, (_, port) in procs.items()}
     cpu_before = {name: cpu_seconds(pid) for name, (pid, _) in procs.items()}
+    busy_before = machine_busy()
     queue: multiprocessing.Queue = multiprocessing.Queue()  # type: ignore[type-arg]
     senders = [multiprocessing.Process(target=sender, args=(agent_endpoint, rate / SENDERS, STEP_S, queue))
                for _ in range(SENDERS)]
@@ -189,6 +198,7 @@ def step(rate: int, agent_endpoint: str, procs: dict[str, tuple[int, int]]) -> d
     for p in senders:
         p.join()
     send_s = time.monotonic() - t0
+    busy_after = machine_busy()
     cpu_send = {name: cpu_seconds(pid) - cpu_before[name] for name, (pid, _) in procs.items()}
     time.sleep(SETTLE_S)  # the agent's 1 s batch, the gateways' 10 s decision wait and 1 s batch
     after = {name: telemetry(port) for name, (_, port) in procs.items()}
@@ -212,6 +222,7 @@ def step(rate: int, agent_endpoint: str, procs: dict[str, tuple[int, int]]) -> d
         "max_queue_fill": {n: round(fill[n], 3) for n in procs},
         "cpu_percent": {n: round(100 * cpu_send[n] / send_s) for n in procs},
         "senders_cpu_percent": round(100 * sum(d[3] for d in done) / seconds),
+        "machine_busy_percent": round(100 * (busy_after[0] - busy_before[0]) / (busy_after[1] - busy_before[1])),
         "loadavg_1m": round(os.getloadavg()[0], 2),
     }
     refused = sum(row["refused"].values())  # type: ignore[union-attr]
