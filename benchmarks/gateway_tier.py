@@ -39,6 +39,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -153,7 +154,7 @@ def requests(count: int) -> list[bytes]:
 
 def sender(endpoint: str, spans_per_s: float, seconds: float, results: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
     """Export pre-encoded requests to `endpoint` at `spans_per_s` for `seconds`; puts (sent, failed, elapsed, cpu)."""
-    import grpc
+    import grpc  # type: ignore[import-untyped]
 
     channel = grpc.insecure_channel(endpoint)
     export = channel.unary_unary("/opentelemetry.proto.collector.trace.v1.TraceService/Export",
@@ -178,7 +179,7 @@ def sender(endpoint: str, spans_per_s: float, seconds: float, results: multiproc
     results.put((sent, failed, time.monotonic() - start, time.process_time() - cpu0))
 
 
-def step(rate: int, agent_endpoint: str, procs: dict[str, tuple[int, int]]) -> dict[str, object]:
+def step(rate: int, agent_endpoint: str, procs: dict[str, tuple[int, int]]) -> dict[str, Any]:
     """One offered rate: send for STEP_S, sample queues meanwhile, settle, return the step's figures."""
     before = {name: telemetry(port) for name, (_, port) in procs.items()}
     cpu_before = {name: cpu_seconds(pid) for name, (pid, _) in procs.items()}
@@ -206,7 +207,7 @@ def step(rate: int, agent_endpoint: str, procs: dict[str, tuple[int, int]]) -> d
     delta = {name: {k: v - before[name].get(k, 0.0) for k, v in after[name].items()} for name in procs}
     lb = "otelcol_exporter_sent_spans/load_balancing"
     gateways = [n for n in procs if n.startswith("gateway")]
-    row: dict[str, object] = {
+    row: dict[str, Any] = {
         "offered_spans_per_s": rate,
         "sent_spans_per_s": round(sum(d[0] for d in done) / seconds),
         "sender_failed_spans": sum(d[1] for d in done),
@@ -225,14 +226,14 @@ def step(rate: int, agent_endpoint: str, procs: dict[str, tuple[int, int]]) -> d
         "machine_busy_percent": round(100 * (busy_after[0] - busy_before[0]) / (busy_after[1] - busy_before[1])),
         "loadavg_1m": round(os.getloadavg()[0], 2),
     }
-    refused = sum(row["refused"].values())  # type: ignore[union-attr]
-    dropped = sum(row["failed_or_dropped"].values())  # type: ignore[union-attr]
-    row["saturated"] = bool(int(row["agent_accepted_per_s"]) < 0.97 * rate or refused or dropped  # type: ignore[call-overload]
+    refused = sum(row["refused"].values())
+    dropped = sum(row["failed_or_dropped"].values())
+    row["saturated"] = bool(int(row["agent_accepted_per_s"]) < 0.97 * rate or refused or dropped
                             or row["sender_failed_spans"] or max(fill.values()) >= 1.0)
     return row
 
 
-def table(rows: list[dict[str, object]]) -> str:
+def table(rows: list[dict[str, Any]]) -> str:
     lines = ["| offered spans/s | sent | agent accepted | agent exported | gateways accepted (1 + 2) | gateways exported "
              "(kept) | sink accepted | CPU % agent / gw1 / gw2 / sink / senders | refused / failed+dropped | max queue fill | saturated |",
              "|" + "---|" * 11]
@@ -241,10 +242,10 @@ def table(rows: list[dict[str, object]]) -> str:
         ga, ge = r["gateways_accepted_per_s"], r["gateways_exported_per_s"]
         lines.append(
             f"| {r['offered_spans_per_s']} | {r['sent_spans_per_s']} | {r['agent_accepted_per_s']} | {r['agent_exported_per_s']} "
-            f"| {ga[0]} + {ga[1]} = {ga[0] + ga[1]} | {ge[0] + ge[1]} | {r['sink_accepted_per_s']} "  # type: ignore[index]
-            f"| {cpu['agent']} / {cpu['gateway1']} / {cpu['gateway2']} / {cpu['sink']} / {r['senders_cpu_percent']} "  # type: ignore[index]
-            f"| {sum(r['refused'].values())} / {sum(r['failed_or_dropped'].values()) + int(r['sender_failed_spans'])} "  # type: ignore[union-attr,call-overload]
-            f"| {max(r['max_queue_fill'].values())} | {'yes' if r['saturated'] else 'no'} |")  # type: ignore[union-attr]
+            f"| {ga[0]} + {ga[1]} = {ga[0] + ga[1]} | {ge[0] + ge[1]} | {r['sink_accepted_per_s']} "
+            f"| {cpu['agent']} / {cpu['gateway1']} / {cpu['gateway2']} / {cpu['sink']} / {r['senders_cpu_percent']} "
+            f"| {sum(r['refused'].values())} / {sum(r['failed_or_dropped'].values()) + int(r['sender_failed_spans'])} "
+            f"| {max(r['max_queue_fill'].values())} | {'yes' if r['saturated'] else 'no'} |")
     return "\n".join(lines)
 
 
@@ -263,8 +264,10 @@ def main(rates: list[int]) -> int:
     os.environ["OTEL_BUDGET_TRACES_ENDPOINT"] = f"127.0.0.1:{SINK_PORT}"  # the gateways' Jaeger endpoint
     rows = []
     try:
+        pids = []
         for collector in collectors:
-            error = wait_healthy(collector, collector.start())
+            pids.append(collector.start())
+            error = wait_healthy(collector, pids[-1])
             if error:
                 raise RuntimeError(error)
         deadline = time.monotonic() + 30
@@ -273,12 +276,12 @@ def main(rates: list[int]) -> int:
                 raise RuntimeError(f"the sink collector did not start; see {log_dir / 'sink.log'}")
             time.sleep(0.2)
         gw1, gw2, agent = collectors
-        procs = {"agent": (agent.our_pid(), agent.ports[3]), "gateway1": (gw1.our_pid(), gw1.ports[1]),
-                 "gateway2": (gw2.our_pid(), gw2.ports[1]), "sink": (sink.pid, SINK_METRICS_PORT)}
+        procs = {"agent": (pids[2], agent.ports[3]), "gateway1": (pids[0], gw1.ports[1]),
+                 "gateway2": (pids[1], gw2.ports[1]), "sink": (sink.pid, SINK_METRICS_PORT)}
         print(json.dumps({"machine": {"cpus": os.cpu_count(), "loadavg_at_start": os.getloadavg(),
                                       "collector": stack.collector_bin(), "logs": str(log_dir)}}), flush=True)
         for rate in rates:
-            row = step(rate, f"127.0.0.1:{agent.ports[0]}", procs)  # type: ignore[arg-type]
+            row = step(rate, f"127.0.0.1:{agent.ports[0]}", procs)
             rows.append(row)
             print(json.dumps(row), flush=True)
     finally:
