@@ -6,7 +6,7 @@ VPY     := $(VENV)/bin/python
 STACK   := $(PYTHON) stack/stack.py
 PYTEST_ARGS ?=
 
-.PHONY: help venv stack stack-down stack-status stack-build test-tools validate-config test demo bench bench-instructions valgrind
+.PHONY: help venv stack stack-down stack-status stack-build test-tools validate-config test demo bench bench-instructions bench-gateway-tier valgrind
 
 help:
 	@echo "make venv            .venv with otel-budget[all,dev] (re-run when pyproject.toml changes)"
@@ -20,6 +20,7 @@ help:
 	@echo "make demo            stack + venv, then examples/demo.py"
 	@echo "make bench           venv + stack, then benchmarks/run.py and bench-instructions"
 	@echo "make bench-instructions  instructions per scope under callgrind, ratios to plain OTel (~10 min)"
+	@echo "make bench-gateway-tier  spans/s through agent + 2 gateways, step by step to saturation (~3 min)"
 
 venv: $(VENV)/.stamp
 
@@ -69,6 +70,11 @@ bench: venv stack valgrind
 # Instruction counts (noise-free): each configuration at two sizes under callgrind, the difference per scope.
 bench-instructions: venv valgrind
 	$(VPY) benchmarks/instructions.py --compare
+
+# Spans per second through the scaled topology (its own agent + 2 gateways on the shared ports + 22000).
+GATEWAY_TIER_RATES ?= 5000,10000,20000,40000,60000,80000
+bench-gateway-tier: venv stack
+	$(VPY) benchmarks/gateway_tier.py $(GATEWAY_TIER_RATES)
 
 # valgrind (callgrind) from Debian's packages, when it is not there yet.
 valgrind:
