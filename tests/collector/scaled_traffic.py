@@ -28,6 +28,8 @@ SPANS_PER_TRACE = 4  # the root SERVER span and three children
 SCALED = ["gateway1", "gateway2", "agent"]
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
+DECISION_WAIT = 10.0  # seconds a gateway waits for a trace's spans before deciding (collector-config/gateway.yaml)
+
 
 @dataclass(frozen=True)
 class Topology:
@@ -175,6 +177,21 @@ def jaeger_span_counts(service: str) -> dict[int, int]:
     """Trace id -> number of spans Jaeger holds for the service."""
     body = get_json(f"http://127.0.0.1:16686/api/traces?service={service}&limit=10000&lookback=1h")
     return {int(t["traceID"], 16): len(t["spans"]) for t in body.get("data") or []}  # type: ignore[attr-defined]
+
+
+def wait_for_restart(service: str, had: int, timeout: float) -> dict[int, int]:
+    """Jaeger's traces of the service once the queued batches reached the restarted gateway (or `timeout`)."""
+    deadline = time.monotonic() + timeout
+    counts = jaeger_span_counts(service)
+    stable_since = time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(3)
+        now = jaeger_span_counts(service)
+        if now != counts:
+            counts, stable_since = now, time.monotonic()
+        elif len(counts) > had and time.monotonic() - stable_since > DECISION_WAIT + 5:
+            break
+    return counts
 
 
 def wait_for_jaeger(service: str, at_least: int, timeout: float) -> dict[int, int]:

@@ -17,16 +17,17 @@ from typing import Any
 import pytest
 from opentelemetry.sdk.trace.export import SpanExportResult
 from scaled_traffic import (
+    DECISION_WAIT,
     SPANS_PER_TRACE,
     Topology,
     counted_violations,
     jaeger_span_counts,
     scaled_topology,
     send_traces,
+    wait_for_restart,
 )
 
 TRACES, KILL_AT, PACE = 300, 150, 0.02  # 300 traces over ~6 s, gateway2 SIGKILLed before trace 150
-DECISION_WAIT = 10.0  # gateway.yaml
 FIGURES = Path(os.environ.get("OTEL_BUDGET_STACK_DIR", "/tmp/otel-budget-stack")) / "gateway-outage.json"
 
 
@@ -69,21 +70,6 @@ def run_outage(topology: Topology, service: str) -> dict[str, Any]:
     print(json.dumps(figures))
     return {"sent": sent, "service": service, "exporter_port": topology.exporter_port, "killed_at": killed_at[0], "figures": figures,
             "while_down": while_down, "after": after}
-
-
-def wait_for_restart(service: str, had: int, timeout: float) -> dict[int, int]:
-    """Jaeger's traces of the service once the queued batches reached the restarted gateway (or `timeout`)."""
-    deadline = time.monotonic() + timeout
-    counts = jaeger_span_counts(service)
-    stable_since = time.monotonic()
-    while time.monotonic() < deadline:
-        time.sleep(3)
-        now = jaeger_span_counts(service)
-        if now != counts:
-            counts, stable_since = now, time.monotonic()
-        elif len(counts) > had and time.monotonic() - stable_since > DECISION_WAIT + 5:
-            break
-    return counts
 
 
 def test_the_sender_sees_no_export_failure(outage: dict[str, Any]) -> None:

@@ -22,13 +22,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from scaled_traffic import Topology, accepted_spans, counted_violations, jaeger_span_counts, scaled_topology
+from scaled_traffic import (
+    DECISION_WAIT,
+    Topology,
+    accepted_spans,
+    counted_violations,
+    jaeger_span_counts,
+    scaled_topology,
+    wait_for_restart,
+)
 from shop_e2e import Gunicorn, gunicorns
 
 from jaeger_reader import JaegerReader
 
 BEFORE_S, AFTER_S = 14.0, 8.0  # traffic before and after the kill; decision_wait is 10 s
-DECISION_WAIT = 10.0  # collector-config/gateway.yaml
 OVER_BUDGET, WITHIN_BUDGET = "orders/", "probe/queries/"
 FIGURES = Path(os.environ.get("OTEL_BUDGET_STACK_DIR", "/tmp/otel-budget-stack")) / "gateway-outage-shop.json"
 
@@ -98,7 +105,7 @@ def run(topology: Topology, service: str, shop: Gunicorn, control: Gunicorn) -> 
     while_down = jaeger_span_counts(service)
     t_restart = time.monotonic()
     topology.start(topology.gateways[1])
-    after = settled(service, len(while_down), timeout=75)  # the agent's retries back off up to 30 s
+    after = wait_for_restart(service, len(while_down), timeout=75)  # the agent's retries back off up to 30 s
     over = traffic.over()
     kill = traffic.killed_at
     figures = {
@@ -118,21 +125,6 @@ def run(topology: Topology, service: str, shop: Gunicorn, control: Gunicorn) -> 
     print(json.dumps(figures))
     return {"traffic": traffic, "service": service, "topology": topology, "figures": figures,
             "while_down": while_down, "after": after}
-
-
-def settled(service: str, had: int, timeout: float) -> dict[int, int]:
-    """Jaeger's traces of the service once the queued batches reached the restarted gateway (or `timeout`)."""
-    deadline = time.monotonic() + timeout
-    counts = jaeger_span_counts(service)
-    stable_since = time.monotonic()
-    while time.monotonic() < deadline:
-        time.sleep(3)
-        now = jaeger_span_counts(service)
-        if now != counts:
-            counts, stable_since = now, time.monotonic()
-        elif len(counts) > had and time.monotonic() - stable_since > DECISION_WAIT + 5:
-            break
-    return counts
 
 
 def test_the_app_keeps_answering_at_the_same_speed(outage: dict[str, Any]) -> None:
