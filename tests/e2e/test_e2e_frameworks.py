@@ -90,11 +90,16 @@ def flask_app(stack_services: None, shop_database: None, jaeger: JaegerReader) -
         yield Served(url, "fw-flask", "opentelemetry.instrumentation.flask", jaeger)
 
 
+def uvicorn_argv(app: str, port: int) -> list[str]:
+    """uvicorn serving `app` as one process on `port`, quiet, stopping within 5 s."""
+    return [str(BIN / "uvicorn"), app, "--host", "127.0.0.1", "--port", str(port),
+            "--log-level", "warning", "--timeout-graceful-shutdown", "5"]  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def fastapi_app(stack_services: None, shop_database: None, jaeger: JaegerReader) -> Iterator[Served]:
     """uvicorn, one process; a pool of 8 connections opened at start for the threadpool's statements."""
-    argv = [str(BIN / "uvicorn"), "fastapi_app:app", "--host", "127.0.0.1", "--port", str(FASTAPI_PORT),
-            "--log-level", "warning", "--timeout-graceful-shutdown", "5"]  # fmt: skip
+    argv = uvicorn_argv("fastapi_app:app", FASTAPI_PORT)
     env = app_env("fw-fastapi", BUDGETS, FW_POOL_SIZE="8")
     with served_app("fastapi", argv, port=FASTAPI_PORT, env=env) as url:
         yield Served(url, "fw-fastapi", "opentelemetry.instrumentation.fastapi", jaeger)
@@ -103,8 +108,7 @@ def fastapi_app(stack_services: None, shop_database: None, jaeger: JaegerReader)
 @pytest.fixture(scope="module")
 def starlette_app(stack_services: None, shop_database: None, jaeger: JaegerReader) -> Iterator[Served]:
     """A plain Starlette app under uvicorn (the Starlette instrumentation), a pool of 8 opened at start."""
-    argv = [str(BIN / "uvicorn"), "starlette_app:app", "--host", "127.0.0.1", "--port", str(STARLETTE_PORT),
-            "--log-level", "warning", "--timeout-graceful-shutdown", "5"]  # fmt: skip
+    argv = uvicorn_argv("starlette_app:app", STARLETTE_PORT)
     env = app_env("fw-starlette", BUDGETS, FW_POOL_SIZE="8")
     with served_app("starlette", argv, port=STARLETTE_PORT, env=env) as url:
         yield Served(url, "fw-starlette", "opentelemetry.instrumentation.starlette", jaeger)
