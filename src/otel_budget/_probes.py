@@ -118,6 +118,8 @@ def _rss_slowly() -> int:
                     _fd = os.open("/proc/self/statm", os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
                 except OSError:
                     _fd = -2
+                if _COMPILED is not None:
+                    _COMPILED.rss_open(_fd)
     if _fd >= 0:
         try:
             return int(os.pread(_fd, 64, 0).split(None, 2)[1]) * _PAGE
@@ -139,12 +141,36 @@ def reset() -> None:
     """Forget the descriptor: after fork `/proc/self` must be opened again by the child."""
     global _fd, _psutil_process
     fd, _fd = _fd, -1
+    if _COMPILED is not None:
+        _COMPILED.rss_open(-1)
     if fd >= 0:
         try:
             os.close(fd)
         except OSError:
             pass
     _psutil_process = None
+
+
+def _compiled_probes() -> Any:
+    """`_speedups` (its `rss_bytes` and `cpu_and_peak`: the same reads without ctypes' and struct_rusage's
+    cost), or None: not built, or `OTEL_BUDGET_COMPILED=false`."""
+    from otel_budget.settings import Settings
+
+    if not Settings.from_env().compiled or _pread is None:
+        return None
+    try:
+        from otel_budget import _speedups
+    except ImportError:
+        return None
+    _speedups.configure_probes(_rss_slowly)
+    return _speedups
+
+
+_COMPILED = _compiled_probes()
+if _COMPILED is not None:
+    rss_bytes = _COMPILED.rss_bytes  # noqa: F811 - the compiled twin of the function above
+    if hasattr(_COMPILED, "cpu_and_peak"):
+        cpu_and_peak = _COMPILED.cpu_and_peak  # noqa: F811
 
 
 def _after_fork_in_child() -> None:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context as context_api
 from opentelemetry import trace
+from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.trace import SpanKind
 
@@ -33,7 +34,9 @@ from otel_budget._metrics import BudgetMetrics
 from otel_budget._ratelimit import log_exception
 from otel_budget.config import BudgetConfig, BudgetRule, choices_hint, valid_metrics
 from otel_budget.names import ScopeKind
+from otel_budget.normalize import SQL_CACHES
 from otel_budget.results import ScopeResult
+from otel_budget.settings import Settings
 from otel_budget.sinks import Listener, Listeners, write_to_span
 from otel_budget.tally import ScopeTally, first
 
@@ -177,6 +180,7 @@ class BudgetSpanProcessor(SpanProcessor):
         else:
             histograms = None if record_metrics is True else _metric_names(record_metrics)
             self._metrics = BudgetMetrics(meter_provider, histograms)
+        self.compiled = _install_compiled(self)
         _PROCESSORS.add(self)
         _LIVE[:] = [ref for ref in _LIVE if ref() is not None] + [weakref.ref(self)]
         _timeouts.install()  # the hooks that feed the untimed metrics: process-wide, once
@@ -545,6 +549,56 @@ def _after_fork_in_child(ref: weakref.ref[BudgetSpanProcessor]) -> None:
         processor._after_fork()
 
 
+def _install_compiled(processor: BudgetSpanProcessor) -> bool:
+    """Put the compiled `on_start`/`_on_ending`/`on_end` on `processor` when they are loaded and it does not
+    override ours (a subclass that does keeps its own). They handle the usual child span and call the
+    methods above for everything else."""
+    cls = BudgetSpanProcessor
+    if _COMPILED is None or any(
+        getattr(type(processor), method) is not getattr(cls, method) for method in ("on_start", "_on_ending", "on_end")
+    ):
+        return False
+    fast = _COMPILED.FastPath(processor)
+    processor.__dict__.update(on_start=fast.on_start, _on_ending=fast._on_ending, on_end=fast.on_end)
+    return True
+
+
+def _compiled_failed(message: str, error: BaseException) -> None:
+    """The compiled path caught `error` where the Python one catches an `Exception`: logged alike."""
+    try:
+        raise error
+    except Exception:
+        log_exception(logger, message)
+
+
+def _load_compiled() -> Any:
+    """`_speedups` configured, or None: not built (no compiler at install), an SDK of another shape, or
+    `OTEL_BUDGET_COMPILED=false`. Then the Python above is the whole hot path."""
+    if not _sdkspan.SHAPE_OK or not Settings.from_env().compiled:
+        return None
+    try:
+        from otel_budget import _speedups
+    except ImportError:
+        return None
+    _speedups.configure(
+        {
+            "bounded_type": BoundedAttributes, "client": _CLIENT, "scope_name": _SCOPE_NAME,
+            "db_system_new": names.DB_SYSTEM[0], "db_system_old": names.DB_SYSTEM[1],
+            "query_new": names.DB_STATEMENT[0], "query_old": names.DB_STATEMENT[1],
+            "http_new": names.HTTP_METHOD[0], "http_old": names.HTTP_METHOD[1],
+            "sql_caches": SQL_CACHES, "not_query": names.NOT_QUERY_SPANS, "statement_key": tally.statement_key,
+            "layered": tally.layered, "failed": _compiled_failed,
+            "on_start": BudgetSpanProcessor.on_start, "on_end": BudgetSpanProcessor.on_end,
+            "on_ending": BudgetSpanProcessor._on_ending, "globals": globals(),
+            "db_queries": tally.DB_QUERIES, "db_ns": tally.DB_NS, "repeats": tally.REPEATS,
+            "repeated_ns": tally.REPEATED_NS, "external_calls": tally.EXTERNAL_CALLS, "external_ns": tally.EXTERNAL_NS,
+            "max_statements": tally.MAX_STATEMENTS, "drain_every": _DRAIN_EVERY, "tally_type": ScopeTally,
+        }
+    )  # fmt: skip
+    tally.compiled_count(_speedups.count)
+    return _speedups
+
+
 def _metric_names(wanted: Collection[str]) -> frozenset[str]:
     """`record_metrics` given as names: each one checked, like a budgets file's keys."""
     chosen = frozenset([wanted] if isinstance(wanted, str) else wanted)
@@ -555,6 +609,7 @@ def _metric_names(wanted: Collection[str]) -> frozenset[str]:
     return chosen
 
 
+_COMPILED = _load_compiled()
 _PROCESSORS: weakref.WeakSet[BudgetSpanProcessor] = weakref.WeakSet()
 # The same as a plain list, for the per-statement lookups of `_untimed` (iterating a WeakSet costs ~10x more).
 _LIVE: list[weakref.ref[BudgetSpanProcessor]] = []

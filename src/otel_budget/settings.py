@@ -9,7 +9,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from otel_budget import names
-from otel_budget.config import choices_hint, valid_metrics
 
 __all__ = ["DEFAULT_MAX_OPEN_SCOPES", "DEFAULT_STUDY_RUNS", "MAX_STUDY_RUNS", "Settings"]
 
@@ -20,7 +19,7 @@ DEFAULT_STUDY_RUNS = 3  # `OTEL_BUDGET_MEMORY_STUDY=on`: runs traced after an ov
 MAX_STUDY_RUNS = 100
 VARIABLES = (
     names.ENV_CONFIG, names.ENV_ENABLED, names.ENV_MAX_SCOPES, names.ENV_METRICS, names.ENV_SAMPLING,
-    names.ENV_MEMORY_STUDY,
+    names.ENV_MEMORY_STUDY, names.ENV_COMPILED,
 )  # fmt: skip
 _FALSE = {"false", "0", "no", "off"}
 _TRUE = {"true", "1", "yes", "on", ""}
@@ -61,6 +60,22 @@ class Settings:
         return True
 
     @functools.cached_property
+    def compiled(self) -> bool:
+        """`OTEL_BUDGET_COMPILED` (default true): the compiled span hot path (`_speedups`) where it is
+        installed; false runs the pure-Python one. An unrecognised value is logged and counts as true."""
+        value = self.environ.get(names.ENV_COMPILED, "").strip().lower()
+        if value in _FALSE:
+            return False
+        if value not in _TRUE:
+            logger.error(
+                "otel-budget: %s=%r is not a boolean (valid: true, false, 1, 0, yes, no, on, off); using the "
+                "compiled hot path where it is installed",
+                names.ENV_COMPILED,
+                value,
+            )
+        return True
+
+    @functools.cached_property
     def max_open_scopes(self) -> int:
         """`OTEL_BUDGET_MAX_OPEN_SCOPES` (default 10 000); anything but a positive integer is logged."""
         raw = self.environ.get(names.ENV_MAX_SCOPES, "")
@@ -90,6 +105,8 @@ class Settings:
         if value in _TRUE:
             return True
         entries = [entry.strip() for entry in raw.split(",") if entry.strip()]
+        from otel_budget.config import choices_hint, valid_metrics  # here: config imports (via tally) _probes, which reads `compiled`
+
         known = frozenset(valid_metrics())
         wanted = frozenset(entry for entry in entries if entry in known)
         for entry in entries:

@@ -205,14 +205,7 @@ class ScopeTally:
 
     # -- counting ---------------------------------------------------------------------------------------
     def drain(self) -> None:
-        """Count the CLIENT spans queued since the last drain, in the order they ended.
-
-        `on_end` only queues a span; the counting happens here, a batch at a time, under one lock and
-        with the totals in local variables, which is cheaper per query than a call and a lock each. Each
-        limit is still compared after each span, so a limit crossed by a span counts as crossed at that
-        span's end. This loop is the one place where the `COUNTED` table is unrolled by hand: a loop over
-        the table per span would cost more than the counting itself.
-        """
+        """Count the CLIENT spans queued since the last drain, in the order they ended (`count_batch`)."""
         pending = self.pending
         if not pending:
             return
@@ -220,93 +213,104 @@ class ScopeTally:
             # Other threads may append meanwhile (without the lock): take what is there, drop only that.
             batch = pending[:]
             del pending[: len(batch)]
-            counts = self.counts
-            queries, db_ns, max_repeat = counts[DB_QUERIES], counts[DB_NS], counts[REPEATS]
-            repeated_ns = counts[REPEATED_NS]
-            limits = self.limits
-            lim_queries, lim_db_ns, lim_repeat = limits[DB_QUERIES], limits[DB_NS], limits[REPEATS]
-            lim_repeated_ns = limits[REPEATED_NS]
-            systems = self.systems
-            statements = self.statements
-            statement_ns = self.statement_ns
-            key_ns = 0
-            lim_systems = self.lim_systems
-            last_db = self.last_db
-            for span, facts in zip(batch, _span_facts(batch)):
-                try:
-                    attributes, start_ns, end_ns, name, _, _ = facts
-                    end_ns = end_ns or 0
-                    start_ns = start_ns or end_ns
-                    ns = end_ns - start_ns
-                    system = attributes.get(_DB_SYSTEM_NAME) or attributes.get(_DB_SYSTEM_OLD)
-                    if not system:
-                        if _HTTP_METHOD_NEW in attributes or _HTTP_METHOD_OLD in attributes:
-                            last = self.last_http
-                            self.last_http = facts
-                            if last is not None and start_ns <= (last[1] or 0) and _layered(span, facts, last):
-                                continue  # an outer layer of the call just counted (requests over urllib3)
-                            self._add(EXTERNAL_CALLS, 1, end_ns)
-                            self._add(EXTERNAL_NS, ns, end_ns)
-                        continue
-                    # One round trip, one count: a DB span around the one just counted is an outer layer
-                    # (SQLAlchemy over psycopg2); the first one to end, closest to the wire, was counted.
-                    if last_db is not None and start_ns <= (last_db[1] or 0) and _layered(span, facts, last_db):
-                        last_db = facts
-                        continue
-                    last_db = facts
-                    if name in _NOT_QUERY_SPANS:  # a connection or pool span, not a statement
-                        continue
-                    if type(system) is not str:
-                        system = "other"
-                    statement = attributes.get(_DB_QUERY_TEXT) or attributes.get(_DB_STATEMENT_OLD)
-                    # A statement seen before: its normalised text straight from its dialect's cache, without a call.
-                    cache = SQL_CACHES.get(system)
-                    key = cache.get(statement) if cache is not None and type(statement) is str else None
-                    if key is None:
-                        key = statement_key(system, attributes, name)
-                except Exception:
-                    log_exception(logger, "otel-budget: could not count a span; it is left out of its scope's tally")
+            _count_batch(self, batch)
+
+    def count_python(self, batch: list[ReadableSpan]) -> None:
+        """Count `batch` (CLIENT spans, in the order they ended) under `self.lock`: the Python `count_batch`.
+
+        `on_end` only queues a span; the counting happens here, a batch at a time, with the totals in
+        local variables, which is cheaper per query than a call and a lock each. Each limit is still
+        compared after each span, so a limit crossed by a span counts as crossed at that span's end. This
+        loop is the one place where the `COUNTED` table is unrolled by hand (a loop over the table per span
+        would cost more than the counting itself), and `_speedups.c`'s `count` its compiled twin, step for step.
+        """
+        counts = self.counts
+        queries, db_ns, max_repeat = counts[DB_QUERIES], counts[DB_NS], counts[REPEATS]
+        repeated_ns = counts[REPEATED_NS]
+        limits = self.limits
+        lim_queries, lim_db_ns, lim_repeat = limits[DB_QUERIES], limits[DB_NS], limits[REPEATS]
+        lim_repeated_ns = limits[REPEATED_NS]
+        systems = self.systems
+        statements = self.statements
+        statement_ns = self.statement_ns
+        key_ns = 0
+        lim_systems = self.lim_systems
+        last_db = self.last_db
+        for span, facts in zip(batch, _span_facts(batch)):
+            try:
+                attributes, start_ns, end_ns, name, _, _ = facts
+                end_ns = end_ns or 0
+                start_ns = start_ns or end_ns
+                ns = end_ns - start_ns
+                system = attributes.get(_DB_SYSTEM_NAME) or attributes.get(_DB_SYSTEM_OLD)
+                if not system:
+                    if _HTTP_METHOD_NEW in attributes or _HTTP_METHOD_OLD in attributes:
+                        last = self.last_http
+                        self.last_http = facts
+                        if last is not None and start_ns <= (last[1] or 0) and layered(span, facts, last):
+                            continue  # an outer layer of the call just counted (requests over urllib3)
+                        self._add(EXTERNAL_CALLS, 1, end_ns)
+                        self._add(EXTERNAL_NS, ns, end_ns)
                     continue
-                queries += 1
-                db_ns += ns
-                per_system = systems.get(system)
-                if per_system is None:
-                    per_system = systems[system] = [0, 0]
-                per_system[0] += 1
-                per_system[1] += ns
-                repeats = statements.get(key, 0) + 1
-                if repeats > 1:  # remembered: `statement_ns` has the same keys as `statements`
-                    statements[key] = repeats
-                    key_ns = statement_ns[key] = statement_ns[key] + ns
-                elif len(statements) < MAX_STATEMENTS:
-                    statements[key] = 1
-                    key_ns = statement_ns[key] = ns
-                # The most repeated statement changes only when a statement's count goes past the highest
-                # (on a tie the first to reach it stays), and its time grows only when it runs again, which
-                # passes the highest count: its time is taken here, and compared with its limit here only.
-                # (`key_ns` is this span's statement's: a statement not remembered has `repeats == 1`,
-                # which is past `max_repeat` only for the scope's first statement, always remembered.)
-                if repeats > max_repeat:
-                    max_repeat = repeats
-                    self.max_statement = key
-                    repeated_ns = key_ns
-                    if repeated_ns > lim_repeated_ns:
-                        self._cross(REPEATED_NS, end_ns)
-                        lim_repeated_ns = INF
-                if queries > lim_queries:
-                    self._cross(DB_QUERIES, end_ns)
-                    lim_queries = INF
-                if db_ns > lim_db_ns:
-                    self._cross(DB_NS, end_ns)
-                    lim_db_ns = INF
-                if repeats > lim_repeat:
-                    self._cross(REPEATS, end_ns)
-                    lim_repeat = INF
-                if lim_systems and system in lim_systems:
-                    self._cross_system(system, per_system, end_ns)
-            counts[DB_QUERIES], counts[DB_NS], counts[REPEATS] = queries, db_ns, max_repeat
-            counts[REPEATED_NS] = repeated_ns
-            self.last_db = last_db
+                # One round trip, one count: a DB span around the one just counted is an outer layer
+                # (SQLAlchemy over psycopg2); the first one to end, closest to the wire, was counted.
+                if last_db is not None and start_ns <= (last_db[1] or 0) and layered(span, facts, last_db):
+                    last_db = facts
+                    continue
+                last_db = facts
+                if name in _NOT_QUERY_SPANS:  # a connection or pool span, not a statement
+                    continue
+                if type(system) is not str:
+                    system = "other"
+                statement = attributes.get(_DB_QUERY_TEXT) or attributes.get(_DB_STATEMENT_OLD)
+                # A statement seen before: its normalised text straight from its dialect's cache, without a call.
+                cache = SQL_CACHES.get(system)
+                key = cache.get(statement) if cache is not None and type(statement) is str else None
+                if key is None:
+                    key = statement_key(system, attributes, name)
+            except Exception:
+                log_exception(logger, "otel-budget: could not count a span; it is left out of its scope's tally")
+                continue
+            queries += 1
+            db_ns += ns
+            per_system = systems.get(system)
+            if per_system is None:
+                per_system = systems[system] = [0, 0]
+            per_system[0] += 1
+            per_system[1] += ns
+            repeats = statements.get(key, 0) + 1
+            if repeats > 1:  # remembered: `statement_ns` has the same keys as `statements`
+                statements[key] = repeats
+                key_ns = statement_ns[key] = statement_ns[key] + ns
+            elif len(statements) < MAX_STATEMENTS:
+                statements[key] = 1
+                key_ns = statement_ns[key] = ns
+            # The most repeated statement changes only when a statement's count goes past the highest
+            # (on a tie the first to reach it stays), and its time grows only when it runs again, which
+            # passes the highest count: its time is taken here, and compared with its limit here only.
+            # (`key_ns` is this span's statement's: a statement not remembered has `repeats == 1`,
+            # which is past `max_repeat` only for the scope's first statement, always remembered.)
+            if repeats > max_repeat:
+                max_repeat = repeats
+                self.max_statement = key
+                repeated_ns = key_ns
+                if repeated_ns > lim_repeated_ns:
+                    self._cross(REPEATED_NS, end_ns)
+                    lim_repeated_ns = INF
+            if queries > lim_queries:
+                self._cross(DB_QUERIES, end_ns)
+                lim_queries = INF
+            if db_ns > lim_db_ns:
+                self._cross(DB_NS, end_ns)
+                lim_db_ns = INF
+            if repeats > lim_repeat:
+                self._cross(REPEATS, end_ns)
+                lim_repeat = INF
+            if lim_systems and system in lim_systems:
+                self._cross_system(system, per_system, end_ns)
+        counts[DB_QUERIES], counts[DB_NS], counts[REPEATS] = queries, db_ns, max_repeat
+        counts[REPEATED_NS] = repeated_ns
+        self.last_db = last_db
 
     def add(self, slot: int, amount: int, at_ns: int) -> None:
         """Add `amount` to a counted metric (a span that is not a DB or HTTP client span, such as an enqueued task)."""
@@ -479,7 +483,7 @@ def _in_sync_to_async_thread() -> bool:
     )
 
 
-def _layered(span: ReadableSpan, outer: _sdkspan.Counted, inner: _sdkspan.Counted) -> bool:
+def layered(span: ReadableSpan, outer: _sdkspan.Counted, inner: _sdkspan.Counted) -> bool:
     """`outer` (the facts of `span`, ended after `inner`) is another layer of `inner`'s round trip: it spans it
     in time and is its parent, or, from an instrumentation that does not make its span current while the
     driver runs (SQLAlchemy's: both spans have the request's as parent), its sibling with the same statement."""
@@ -545,3 +549,14 @@ def _ms(ns: int) -> float:
 def _mib(size: int) -> float:
     """Bytes as MiB, to three decimals."""
     return round(size / (MIB / 1000)) / 1000
+
+
+# What `drain` counts a batch with: `count_python`, or its compiled twin (`_speedups.count`, chosen by
+# `processor.py` at import, `compiled_count`).
+_count_batch: Callable[[ScopeTally, list[Any]], None] = ScopeTally.count_python
+
+
+def compiled_count(count: Callable[[ScopeTally, list[Any]], None] | None) -> None:
+    """Count batches with `count` (the compiled `_speedups.count`), or with `ScopeTally.count_python` (None)."""
+    global _count_batch
+    _count_batch = count if count is not None else ScopeTally.count_python

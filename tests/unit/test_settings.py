@@ -29,7 +29,7 @@ def test_reads_os_environ_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
     """from_env() with no argument takes the process environment, and only our variables."""
     monkeypatch.setenv("OTEL_BUDGET_CONFIG", "budgets.toml")
     monkeypatch.setenv("OTEL_BUDGET_STACK_DIR", "/tmp/elsewhere")
-    for name in ("OTEL_BUDGET_ENABLED", "OTEL_BUDGET_MAX_OPEN_SCOPES", "OTEL_BUDGET_METRICS"):
+    for name in ("OTEL_BUDGET_ENABLED", "OTEL_BUDGET_MAX_OPEN_SCOPES", "OTEL_BUDGET_METRICS", "OTEL_BUDGET_COMPILED"):
         monkeypatch.delenv(name, raising=False)
     assert Settings.from_env().environ == {"OTEL_BUDGET_CONFIG": "budgets.toml"}
 
