@@ -43,6 +43,10 @@ def run_scopes(config: str, scopes: int, warm_up: int = WARM_UP) -> None:
     """Run `scopes` scopes of `config` after `warm_up` ones, then shut the providers down."""
     from per_span import make_provider, one_scope
 
+    # The exporter wakes on full batches only: its work then depends on the spans, not on the wall time of
+    # a run under valgrind on a busy machine (the 5 s timer's exports moved the counts by up to ~80 000 per
+    # scope between identical runs).
+    os.environ.setdefault("BENCH_EXPORT_ON_FULL_BATCH", "1")
     provider, meter_provider = make_provider(config)
     tracer = provider.get_tracer("bench")
     for _ in range(warm_up + scopes):
@@ -94,7 +98,8 @@ def valgrind_runner(python: str = sys.executable, warm_up: int = WARM_UP) -> Run
     def run(config: str, scopes: int) -> str:
         command = [valgrind, "--tool=callgrind", "--callgrind-out-file=/dev/null", python, os.path.abspath(__file__),
                    "--warm-up", str(warm_up), config, str(scopes)]  # fmt: skip
-        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        env = {**os.environ, "PYTHONHASHSEED": "0"}  # the same dict and set layouts in every run
+        done = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
         if done.returncode != 0:
             raise RuntimeError(f"{config} {scopes}: exit {done.returncode}: {done.stderr.strip()[-1000:]}")
         return done.stderr

@@ -109,6 +109,13 @@ def one_scope(tracer: Tracer) -> None:
         server.set_attribute("http.status_code", 200)
 
 
+def _schedule_delay_ms() -> float:
+    """The exporter's timer: the SDK's 5 s, or (`BENCH_EXPORT_ON_FULL_BATCH=1`, benchmarks/instructions.py) an
+    hour, so that only a full batch of 512 wakes it: the exports then depend on the spans made, not on how
+    long the run takes on a busy machine (each timer export moves the GIL between the threads)."""
+    return 3_600_000.0 if os.environ.get("BENCH_EXPORT_ON_FULL_BATCH") == "1" else 5000.0
+
+
 def make_provider(config: str) -> tuple[TracerProvider, MeterProvider]:
     """The SDK as `opentelemetry-instrument` builds it: batch exporter first, our processor after it.
 
@@ -116,7 +123,9 @@ def make_provider(config: str) -> tuple[TracerProvider, MeterProvider]:
     """
     meter_provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
     provider = TracerProvider()
-    provider.add_span_processor(BatchSpanProcessor(NullExporter(), max_queue_size=QUEUE_SIZE))
+    provider.add_span_processor(
+        BatchSpanProcessor(NullExporter(), max_queue_size=QUEUE_SIZE, schedule_delay_millis=_schedule_delay_ms())
+    )
     processor = CONFIGS[config](meter_provider)
     if processor is not None:
         provider.add_span_processor(processor)

@@ -19,10 +19,14 @@ from __future__ import annotations
 
 import functools
 import importlib
+import importlib.abc
+import importlib.machinery
+import importlib.util
 import logging
 import re
 import socket
 import sys
+import threading
 import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -345,13 +349,84 @@ _PATCHES = (
     _Patch("redis.asyncio.connection", "BlockingConnectionPool", "get_connection", _wrap_pool(_check_redis_pool)),
 )
 _installed: list[_Patch] = []
+_waiting: dict[str, list[_Patch]] = {}  # module not imported yet -> its patches, put on when it is imported
+_waiting_lock = threading.RLock()
+
+
+class _PatchingLoader(importlib.abc.Loader):
+    """The loader of a hooked library's module, with its patches put on right after the module ran."""
+
+    def __init__(self, loader: Any, name: str) -> None:
+        self._loader = loader
+        self._name = name
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> Any:
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module: Any) -> None:
+        self._loader.exec_module(module)
+        module.__spec__.loader = module.__loader__ = self._loader  # the library's own loader from now on
+        _install_waiting(self._name)
+
+    def __getattr__(self, name: str) -> Any:  # get_resource_reader, is_package, ...: the library's loader's
+        return getattr(self._loader, name)
+
+
+class _PostImportFinder(importlib.abc.MetaPathFinder):
+    """On `sys.meta_path` while some hooked library is not imported yet: it lets the other finders find the
+    module and wraps its loader, so the patches go on when (and only if) the application imports it."""
+
+    def __init__(self) -> None:
+        self._finding = threading.local()
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> importlib.machinery.ModuleSpec | None:
+        if fullname not in _waiting or getattr(self._finding, "name", None) == fullname:
+            return None
+        self._finding.name = fullname  # the other finders, not this one again
+        try:
+            spec = importlib.util.find_spec(fullname)
+        except (ImportError, ValueError):
+            return None
+        finally:
+            self._finding.name = None
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return None
+        spec.loader = _PatchingLoader(spec.loader, fullname)
+        return spec
+
+
+_FINDER = _PostImportFinder()
+
+
+def _install_waiting(module: str) -> None:
+    try:
+        with _waiting_lock:
+            patches = _waiting.pop(module, [])
+            _installed.extend(patch for patch in patches if patch.install())
+            if not _waiting and _FINDER in sys.meta_path:
+                sys.meta_path.remove(_FINDER)
+    except Exception:  # never into the application's import
+        log_exception(logger, "otel-budget: could not put the timeout hooks on %s", module)
 
 
 def install() -> list[str]:
-    """Put the hooks on every installed library (idempotent); the `module.Class.method` names hooked."""
-    if not _installed:
-        _installed.extend(patch for patch in _PATCHES if patch.install())
-        logger.debug("otel-budget: timeout hooks on %s", ", ".join(installed()))
+    """Put the hooks on the client libraries (idempotent); the `module.Class.method` names hooked so far.
+
+    A library already imported is hooked now; one not imported yet is hooked when the application imports
+    it (`_PostImportFinder`): otel-budget itself imports none of them (a process that never uses pymongo
+    or httpx does not load them because of us).
+    """
+    with _waiting_lock:
+        if not _installed and not _waiting:
+            for patch in _PATCHES:
+                if patch.module in sys.modules:
+                    if patch.install():
+                        _installed.append(patch)
+                else:
+                    _waiting.setdefault(patch.module, []).append(patch)
+            if _waiting and _FINDER not in sys.meta_path:
+                sys.meta_path.insert(0, _FINDER)
+            logger.debug("otel-budget: timeout hooks on %s", ", ".join(installed()))
     return installed()
 
 
@@ -360,6 +435,10 @@ def installed() -> list[str]:
 
 
 def uninstall() -> None:
-    """Take every hook off again."""
-    while _installed:
-        _installed.pop().remove()
+    """Take every hook off again (and stop waiting for the libraries not imported yet)."""
+    with _waiting_lock:
+        _waiting.clear()
+        if _FINDER in sys.meta_path:
+            sys.meta_path.remove(_FINDER)
+        while _installed:
+            _installed.pop().remove()

@@ -144,3 +144,45 @@ def test_cursor_check_asks_the_scope_once_per_connection_and_context(monkeypatch
     del asked[:], cursor, connection
     gc.collect()
     assert key not in _timeouts._CONNECTIONS and key not in _timeouts._REFS
+
+
+_LAZY_HOOKS = """
+import sys
+from otel_budget import BudgetSpanProcessor, _timeouts
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.trace import SpanKind
+provider = TracerProvider()
+processor = BudgetSpanProcessor(record_metrics=False)
+provider.add_span_processor(processor)
+libraries = ("urllib3", "httpx", "httpcore", "pymongo", "redis", "opentelemetry.instrumentation.dbapi")
+print(sorted(name for name in libraries if name in sys.modules), [h for h in _timeouts.installed() if not h.startswith("urllib.")])
+import urllib3
+results = []
+processor.add_listener(results.append)
+tracer = provider.get_tracer("t")
+with tracer.start_as_current_span("GET", kind=SpanKind.SERVER, attributes={"http.route": "r/"}):
+    with tracer.start_as_current_span("GET", kind=SpanKind.CLIENT):
+        try:
+            urllib3.HTTPConnectionPool("127.0.0.1", 9).request("GET", "/", retries=False)
+        except Exception:
+            pass
+print([hook for hook in _timeouts.installed() if hook.startswith("urllib3")], results[0].values["external.untimed_calls"])
+print(urllib3.connectionpool.__spec__.loader.__class__.__name__, _timeouts._FINDER in sys.meta_path)
+"""
+
+
+def test_hooks_import_no_library_and_go_on_when_the_application_imports_it() -> None:
+    """A processor imports none of the hooked libraries; one imported afterwards is hooked at its import."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root / "src"), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", _LAZY_HOOKS], env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    before, after, loader = done.stdout.strip().splitlines()
+    assert before == "[] []"
+    assert after == "['urllib3.connectionpool.HTTPConnectionPool._make_request'] 1"
+    assert loader == "SourceFileLoader True"  # the library's own loader again; still waiting for the others
