@@ -259,12 +259,14 @@ span_id_of(PyObject *span)
 typedef struct {
     PyObject_HEAD
     PyObject *processor;
+    PyObject *spans; /* processor._spans, the same dict for the processor's life (`_after_fork` clears it) */
 } FastPath;
 
 static int
 FastPath_traverse(FastPath *self, visitproc visit, void *arg)
 {
     Py_VISIT(self->processor);
+    Py_VISIT(self->spans);
     return 0;
 }
 
@@ -272,6 +274,7 @@ static int
 FastPath_clear(FastPath *self)
 {
     Py_CLEAR(self->processor);
+    Py_CLEAR(self->spans);
     return 0;
 }
 
@@ -293,11 +296,22 @@ FastPath_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     }
     if (!PyArg_ParseTuple(args, "O:FastPath", &processor))
         return NULL;
-    FastPath *self = (FastPath *)type->tp_alloc(type, 0);
-    if (self == NULL)
+    PyObject *spans = PyObject_GetAttr(processor, s_spans);
+    if (spans == NULL)
         return NULL;
+    if (!PyDict_CheckExact(spans)) {
+        Py_DECREF(spans);
+        PyErr_SetString(PyExc_TypeError, "FastPath: the processor's _spans is not a dict");
+        return NULL;
+    }
+    FastPath *self = (FastPath *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        Py_DECREF(spans);
+        return NULL;
+    }
     Py_INCREF(processor);
     self->processor = processor;
+    self->spans = spans;
     return (PyObject *)self;
 }
 
@@ -342,11 +356,7 @@ start_child(FastPath *self, PyObject *span)
     span_id = span_id_of(span);
     if (span_id == NULL)
         goto done;
-    spans = PyObject_GetAttr(self->processor, s_spans);
-    if (spans == NULL || !PyDict_CheckExact(spans)) {
-        result = spans == NULL ? -1 : 0;
-        goto done;
-    }
+    spans = Py_NewRef(self->spans);
     owner = PyDict_GetItemWithError(spans, PyTuple_GET_ITEM(parent, 1));
     if (owner == NULL) {
         result = PyErr_Occurred() ? -1 : 1; /* not inside a scope */
@@ -434,11 +444,7 @@ end_client(FastPath *self, PyObject *span)
     span_id = span_id_of(span);
     if (span_id == NULL)
         goto done;
-    spans = PyObject_GetAttr(self->processor, s_spans);
-    if (spans == NULL || !PyDict_CheckExact(spans)) {
-        result = spans == NULL ? -1 : 0;
-        goto done;
-    }
+    spans = Py_NewRef(self->spans);
     owner = PyDict_GetItemWithError(spans, span_id);
     if (owner == NULL) {
         result = PyErr_Occurred() ? -1 : 1;

@@ -158,7 +158,7 @@ class BudgetSpanProcessor(SpanProcessor):
         self.config_error = config_error
         self.max_open_scopes = max(1, max_open_scopes)
         self.evicted_scopes = 0
-        self._spans: dict[int, ScopeTally] = {}  # open span id -> its scope's tally
+        self._spans: dict[int, ScopeTally] = {}  # open span id -> its scope's tally (never rebound)
         self._scopes: dict[int, ScopeTally] = {}  # open scope span id -> tally, oldest first
         self._evict_lock = threading.Lock()
         self._listeners = Listeners()
@@ -534,7 +534,7 @@ class BudgetSpanProcessor(SpanProcessor):
 
     def _after_fork(self) -> None:
         """A forked child inherits the parent's open scopes but will never end them."""
-        self._spans = {}
+        self._spans.clear()  # in place: the compiled path holds this dict
         self._scopes = {}
         self._evict_lock = threading.Lock()  # another thread may have held it at the fork
         if self._held is not None:
