@@ -57,24 +57,50 @@ def call_site(frame: Any = None) -> str:
     while frame is not None:
         module = frame.f_globals.get("__name__") or ""
         if module.partition(".")[0] not in _LIBRARY_PACKAGES:
-            return f"{_short_path(frame.f_code.co_filename)}:{frame.f_lineno}"
+            return _site(frame)
         frame = frame.f_back
     return "?"
 
 
-# filename -> its short path, for one `sys.path` (the copy it was made for): a scope's first untimed
-# connection or call names its call site, and the loop over `sys.path` with its string work costs more
-# than the rest of the details. Any change to `sys.path` starts a new cache; at most MAX_PATHS files.
+# What naming a call site costs, cached for one `sys.path` (a copy of it: any change to `sys.path` starts
+# new caches): a file's short path (the loop over `sys.path` with its string work), and a frame
+# position's whole `file:line` (CPython works out `f_lineno` from the code's line table, scanned from the
+# start per read: ~11 000 instructions in the benchmark's loop). At most MAX_PATHS files, MAX_SITES sites.
 MAX_PATHS = 1024
-_path_cache: tuple[list[str], dict[str, str]] = ([], {})
+MAX_SITES = 1024
+_Caches = tuple[list[str], dict[str, str], dict[tuple[int, int], tuple[Any, str]]]
+_caches: _Caches = ([], {}, {})
+
+
+def _current_caches() -> _Caches:
+    global _caches
+    caches = _caches
+    if caches[0] != sys.path:  # elementwise, by identity first: a few hundred instructions
+        caches = _caches = (list(sys.path), {}, {})
+    return caches
+
+
+def _site(frame: Any) -> str:
+    """`frame`'s `file:line`, cached by (code, instruction offset); the code is held, so its id stays its own."""
+    made_for, paths, sites = _current_caches()
+    code = frame.f_code
+    key = (id(code), frame.f_lasti)
+    found = sites.get(key)
+    if found is not None and found[0] is code:
+        return found[1]
+    site = f"{_cached_short_path(code.co_filename, made_for, paths)}:{frame.f_lineno}"
+    if len(sites) < MAX_SITES:
+        sites[key] = (code, site)
+    return site
 
 
 def _short_path(filename: str) -> str:
     """The file as imported: relative to the longest `sys.path` entry that holds it."""
-    global _path_cache
-    made_for, paths = _path_cache
-    if made_for != sys.path:  # elementwise, by identity first: a few hundred instructions
-        made_for, paths = _path_cache = (list(sys.path), {})
+    made_for, paths, _ = _current_caches()
+    return _cached_short_path(filename, made_for, paths)
+
+
+def _cached_short_path(filename: str, made_for: list[str], paths: dict[str, str]) -> str:
     short = paths.get(filename)
     if short is None:
         short = _relative(filename, made_for)  # from the copy, so that an entry always matches its cache

@@ -2,30 +2,45 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 import threading
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from opentelemetry import context as context_api
 from opentelemetry.trace import SpanKind
 
 from otel_budget import _timeouts
-from otel_budget._timeouts import _short_path
+from otel_budget._timeouts import _short_path, call_site
 from otel_budget.config import parse_config
 
 
 @pytest.fixture
 def paths(monkeypatch):  # type: ignore[no-untyped-def]
-    """A known `sys.path` (the same list object, changed in place by the tests) and an empty cache of 8."""
+    """A known `sys.path` (the same list object, changed in place by the tests) and empty caches of 8."""
     monkeypatch.setattr(sys, "path", ["/a", "/a/b/", "", "/c"])
-    monkeypatch.setattr(_timeouts, "_path_cache", ([], {}))
+    monkeypatch.setattr(_timeouts, "_caches", ([], {}, {}))
     monkeypatch.setattr(_timeouts, "MAX_PATHS", 8)
+    monkeypatch.setattr(_timeouts, "MAX_SITES", 8)
     return sys.path
 
 
 def _cached() -> dict[str, str]:
-    return _timeouts._path_cache[1]
+    return _timeouts._caches[1]
+
+
+def _sites() -> list[str]:
+    return [site for _, site in _timeouts._caches[2].values()]
+
+
+def _generated(index: int, filename: str) -> Callable[[], str]:
+    """A function of its own code object, compiled from `filename`, calling `call_site` on line `index + 1`."""
+    namespace: dict[str, Any] = {"__name__": "generated", "call_site": call_site}
+    exec(compile("\n" * index + "def f():\n    return call_site()", filename, "exec"), namespace)
+    return namespace["f"]  # type: ignore[no-any-return]
 
 
 def test_short_paths_bounded_and_right_after_the_cap(paths) -> None:  # type: ignore[no-untyped-def]
@@ -48,6 +63,21 @@ def test_short_paths_follow_changes_of_sys_path(paths) -> None:  # type: ignore[
     paths[0] = "/q"
     assert _short_path("/a/b/m.py") == "b/m.py"
     assert _cached() == {"/a/b/m.py": "b/m.py"}  # a new cache for the new path
+
+
+def test_call_sites_bounded_right_after_the_cap_and_when_code_goes(paths) -> None:  # type: ignore[no-untyped-def]
+    """20 functions, each its own code: 8 sites cached; every answer right, also once codes die and ids are reused."""
+    for round in range(3):
+        functions = [_generated(index, f"/a/b/gen{index % 3}.py") for index in range(20)]
+        expected = [f"gen{index % 3}.py:{index + 2}" for index in range(20)]
+        assert [function() for function in functions] == expected
+        assert [function() for function in functions] == expected, round
+        assert len(_timeouts._caches[2]) == 8 and _sites() == expected[:8]
+        del functions
+        gc.collect()
+    paths.remove("/a/b/")
+    assert _generated(0, "/a/b/gen0.py")() == "b/gen0.py:2"  # a new `sys.path`: new caches
+    assert _sites() == ["b/gen0.py:2"]
 
 
 def test_short_paths_from_threads(paths) -> None:  # type: ignore[no-untyped-def]
