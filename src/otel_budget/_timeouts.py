@@ -54,12 +54,24 @@ _STATEMENT_TIMEOUT = re.compile(r"statement_timeout\s*=\s*'?([^\s']+)")
 def call_site(frame: Any = None) -> str:
     """`file:line` of the first frame outside the client libraries, otel-budget and OpenTelemetry."""
     frame = frame or sys._getframe(1)
+    modules = _MODULES
     while frame is not None:
         module = frame.f_globals.get("__name__") or ""
-        if module.partition(".")[0] not in _LIBRARY_PACKAGES:
+        library = modules.get(module)
+        if library is None:
+            library = module.partition(".")[0] in _LIBRARY_PACKAGES
+            if len(modules) < MAX_MODULES:
+                modules[module] = library
+        if not library:
             return _site(frame)
         frame = frame.f_back
     return "?"
+
+
+# module name -> whether its frames are a library's (not the call site): a dict lookup per frame walked
+# instead of a `partition` and the hash of its new string. At most MAX_MODULES names (then worked out).
+MAX_MODULES = 4096
+_MODULES: dict[str, bool] = {}
 
 
 # What naming a call site costs, cached for one `sys.path` (a copy of it: any change to `sys.path` starts

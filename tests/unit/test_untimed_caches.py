@@ -80,6 +80,24 @@ def test_call_sites_bounded_right_after_the_cap_and_when_code_goes(paths) -> Non
     assert _sites() == ["b/gen0.py:2"]
 
 
+def test_library_modules_bounded_and_right_after_the_cap(paths, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Frames of library modules are skipped by a cache of 2 module names as they were without it."""
+    monkeypatch.setattr(_timeouts, "_MODULES", {})
+    monkeypatch.setattr(_timeouts, "MAX_MODULES", 2)
+
+    def calling(module: str, callee: Callable[[], str], line: int) -> Callable[[], str]:
+        namespace: dict[str, Any] = {"__name__": module, "callee": callee}
+        exec(compile("\n" * (line - 2) + "def f():\n    return callee()", f"/a/{module}.py", "exec"), namespace)
+        return namespace["f"]  # type: ignore[no-any-return]
+
+    for module, library in (("requests.sessions", True), ("app", False), ("urllib3", True), ("shop.views", False)):
+        inner = calling("psycopg2.extras", call_site, 5)
+        outer = calling(module, calling("django.db", inner, 7), 9)
+        site, line = outer(), sys._getframe().f_lineno  # a library's frames skipped up to this test's
+        assert site == f"{module}.py:9" if not library else site.endswith(f"test_untimed_caches.py:{line}"), site
+    assert _timeouts._MODULES == {"psycopg2.extras": True, "django.db": True}
+
+
 def test_short_paths_from_threads(paths) -> None:  # type: ignore[no-untyped-def]
     """8 threads over 200 files each: every answer right, the cache at its cap (plus at most one per thread)."""
     wrong: list[str] = []
