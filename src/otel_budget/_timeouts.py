@@ -30,7 +30,6 @@ from typing import Any
 
 from opentelemetry import context as context_api
 from opentelemetry import trace
-from opentelemetry.context.contextvars_context import ContextVarsRuntimeContext
 
 from otel_budget import names, processor
 from otel_budget._ratelimit import log_exception
@@ -231,6 +230,10 @@ def _context_getter() -> Callable[[], Any]:
     without its two Python calls: ~650 instructions of the per-statement test. Any other runtime context
     (`OTEL_PYTHON_CONTEXT`), or another shape of the private attributes, gets the public function.
     """
+    try:
+        from opentelemetry.context.contextvars_context import ContextVarsRuntimeContext
+    except ImportError:
+        return context_api.get_current
     runtime = getattr(context_api, "_RUNTIME_CONTEXT", None)
     variable = getattr(runtime, "_current_context", None)
     if type(runtime) is ContextVarsRuntimeContext and isinstance(variable, contextvars.ContextVar):

@@ -240,5 +240,9 @@ def test_context_getter_is_the_current_context(tracing, monkeypatch) -> None:  #
         assert getter() is context_api.get_current()
         inside = getter()
     assert getter() is context_api.get_current() and getter() is not inside
+    monkeypatch.setitem(sys.modules, "opentelemetry.context.contextvars_context", None)  # the module gone
+    assert _timeouts._context_getter() is context_api.get_current
+    monkeypatch.undo()
+    assert _timeouts._context_getter() is not context_api.get_current  # the ContextVar's own `get`
     monkeypatch.setattr(context_api, "_RUNTIME_CONTEXT", object())
     assert _timeouts._context_getter() is context_api.get_current
