@@ -17,6 +17,7 @@ processor is untouched. The hooks never raise into the host.
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import importlib
 import importlib.abc
@@ -56,18 +57,76 @@ _STATEMENT_TIMEOUT = re.compile(r"statement_timeout\s*=\s*'?([^\s']+)")
 def call_site(frame: Any = None) -> str:
     """`file:line` of the first frame outside the client libraries, otel-budget and OpenTelemetry."""
     frame = frame or sys._getframe(1)
+    modules = _MODULES
     while frame is not None:
         module = frame.f_globals.get("__name__") or ""
-        if module.partition(".")[0] not in _LIBRARY_PACKAGES:
-            return f"{_short_path(frame.f_code.co_filename)}:{frame.f_lineno}"
+        library = modules.get(module)
+        if library is None:
+            library = module.partition(".")[0] in _LIBRARY_PACKAGES
+            if len(modules) < MAX_MODULES:
+                modules[module] = library
+        if not library:
+            return _site(frame)
         frame = frame.f_back
     return "?"
 
 
+# module name -> whether its frames are a library's (not the call site): a dict lookup per frame walked
+# instead of a `partition` and the hash of its new string. At most MAX_MODULES names (then worked out).
+MAX_MODULES = 4096
+_MODULES: dict[str, bool] = {}
+
+
+# What naming a call site costs, cached for one `sys.path` (a copy of it: any change to `sys.path` starts
+# new caches): a file's short path (the loop over `sys.path` with its string work), and a frame
+# position's whole `file:line` (CPython works out `f_lineno` from the code's line table, scanned from the
+# start per read: ~11 000 instructions in the benchmark's loop). At most MAX_PATHS files, MAX_SITES sites.
+MAX_PATHS = 1024
+MAX_SITES = 1024
+_Caches = tuple[list[str], dict[str, str], dict[tuple[int, int], tuple[Any, str]]]
+_caches: _Caches = ([], {}, {})
+
+
+def _current_caches() -> _Caches:
+    global _caches
+    caches = _caches
+    if caches[0] != sys.path:  # elementwise, by identity first: a few hundred instructions
+        caches = _caches = (list(sys.path), {}, {})
+    return caches
+
+
+def _site(frame: Any) -> str:
+    """`frame`'s `file:line`, cached by (code, instruction offset); the code is held, so its id stays its own."""
+    made_for, paths, sites = _current_caches()
+    code = frame.f_code
+    key = (id(code), frame.f_lasti)
+    found = sites.get(key)
+    if found is not None and found[0] is code:
+        return found[1]
+    site = f"{_cached_short_path(code.co_filename, made_for, paths)}:{frame.f_lineno}"
+    if len(sites) < MAX_SITES:
+        sites[key] = (code, site)
+    return site
+
+
 def _short_path(filename: str) -> str:
     """The file as imported: relative to the longest `sys.path` entry that holds it."""
+    made_for, paths, _ = _current_caches()
+    return _cached_short_path(filename, made_for, paths)
+
+
+def _cached_short_path(filename: str, made_for: list[str], paths: dict[str, str]) -> str:
+    short = paths.get(filename)
+    if short is None:
+        short = _relative(filename, made_for)  # from the copy, so that an entry always matches its cache
+        if len(paths) < MAX_PATHS:
+            paths[filename] = short
+    return short
+
+
+def _relative(filename: str, path: list[str]) -> str:
     best = ""
-    for entry in sys.path:
+    for entry in path:
         if entry and filename.startswith(entry.rstrip("/") + "/") and len(entry) > len(best):
             best = entry.rstrip("/") + "/"
     return filename[len(best) :] if best else filename
@@ -157,27 +216,55 @@ def _check_urllib(request: Any) -> None:
 
 
 # -- DB: which connections have no timeout, remembered per connection -----------------------------------
-# id(connection) -> [timed?, the context of its last statement counted]: a statement on a known connection
-# costs a dict lookup (and, untimed, one `context.get_current()`); the first statement pays for the
-# verdict. An entry goes with its connection (a weakref callback), and at most MAX_CONNECTIONS are kept:
-# beyond that a connection's verdict is worked out per statement, as it was before the cache.
+# id(connection) -> [timed?, the context of its last statement counted, its describer (untimed only)]: a
+# statement on a known connection costs a dict lookup (and, untimed, one `context.get_current()`); the
+# first statement pays for the verdict, and for the library and `host:port` of an untimed connection
+# (libpq parses its whole conninfo per read of `dsn_parameters`: read once per connection, not per scope).
+# An entry goes with its connection (a weakref callback), and at most MAX_CONNECTIONS are kept: beyond
+# that a connection's verdict is worked out per statement, as it was before the cache.
 MAX_CONNECTIONS = 4096
 _CONNECTIONS: dict[int, list[Any]] = {}
 _REFS: dict[int, weakref.ref[Any]] = {}  # id(connection) -> the weakref whose callback drops its entry
-_current_context = context_api.get_current
 
 
-def _postgres_timed(connection: Any) -> bool:
+def _context_getter() -> Callable[[], Any]:
+    """`context.get_current`, or, with OpenTelemetry's default runtime context, the `ContextVar.get` it calls.
+
+    The same object either way (`ContextVarsRuntimeContext.get_current` is `self._current_context.get()`),
+    without its two Python calls: ~650 instructions of the per-statement test. Any other runtime context
+    (`OTEL_PYTHON_CONTEXT`), or another shape of the private attributes, gets the public function.
+    """
+    try:
+        from opentelemetry.context.contextvars_context import ContextVarsRuntimeContext
+    except ImportError:
+        return context_api.get_current
+    runtime = getattr(context_api, "_RUNTIME_CONTEXT", None)
+    variable = getattr(runtime, "_current_context", None)
+    if type(runtime) is ContextVarsRuntimeContext and isinstance(variable, contextvars.ContextVar):
+        return variable.get
+    return context_api.get_current
+
+
+_current_context = _context_getter()
+
+
+def _postgres_parameters(connection: Any) -> Mapping[str, Any]:
+    """The connection's parameters: psycopg2's `info.dsn_parameters`, psycopg's `info.get_parameters()`."""
     info = connection.info
-    parameters = info.dsn_parameters if hasattr(info, "dsn_parameters") else info.get_parameters()
+    try:
+        parameters: Mapping[str, Any] = info.dsn_parameters  # a property: read once (`hasattr` would read it)
+    except AttributeError:
+        parameters = info.get_parameters()
+    return parameters
+
+
+def _postgres_timed(parameters: Mapping[str, Any]) -> bool:
     connect_timeout = str(parameters.get("connect_timeout") or "0")
     statement = _STATEMENT_TIMEOUT.search(str(parameters.get("options") or ""))
     return connect_timeout not in ("", "0") or (statement is not None and statement.group(1) not in ("0", "0ms"))
 
 
-def _postgres_target(connection: Any) -> str:
-    info = connection.info
-    parameters = info.dsn_parameters if hasattr(info, "dsn_parameters") else info.get_parameters()
+def _postgres_target(parameters: Mapping[str, Any]) -> str:
     return _target(parameters.get("host") or "localhost", parameters.get("port") or 5432)
 
 
@@ -190,9 +277,13 @@ def _forget_connection(key: int) -> Callable[[Any], None]:
 
 
 def _connection_entry(connection: Any) -> list[Any]:
-    """The cached `[timed?, last context]` of a connection seen for the first time (cached while there is room)."""
+    """The `[timed?, last context, describe]` of a connection seen for the first time (cached while there is room)."""
     library = type(connection).__module__.partition(".")[0]
-    entry = [_postgres_timed(connection) if library in ("psycopg2", "psycopg") else True, None]
+    entry: list[Any] = [True, None, None]
+    if library in ("psycopg2", "psycopg"):
+        parameters = _postgres_parameters(connection)
+        if not _postgres_timed(parameters):
+            entry[0], entry[2] = False, _db_describer(library, _postgres_target(parameters))
     key = id(connection)
     if len(_CONNECTIONS) < MAX_CONNECTIONS:
         try:
@@ -213,15 +304,15 @@ def _check_cursor(cursor: Any) -> None:
         if connection is None:
             return
         entry = _CONNECTIONS.get(id(connection))
-        if entry is not None and (entry[0] or entry[1] is _current_context()):
-            return  # timed, or counted already from this very context (the usual statement)
         if entry is None:
             entry = _connection_entry(connection)
-            if entry[0]:
-                return
-        entry[1] = _current_context()
-        library = type(connection).__module__.partition(".")[0]
-        processor.untimed_connection(connection, _db_describer(library, lambda: _postgres_target(connection)))
+        if entry[0]:
+            return  # timed
+        context = _current_context()
+        if entry[1] is context:
+            return  # counted already from this very context (the usual statement)
+        entry[1] = context
+        processor.untimed_connection(connection, entry[2])
     except Exception:
         log_exception(logger, "otel-budget: could not check a timeout; this call is not counted as untimed")
 
@@ -233,7 +324,7 @@ def _check_mongo_pool(pool: Any) -> None:
     csot = sys.modules.get("pymongo._csot")
     if csot is not None and csot.get_timeout() is not None:  # timeoutMS (client-wide or `pymongo.timeout()`)
         return
-    processor.untimed_connection(pool, _db_describer("pymongo", lambda: _target(*pool.address)))
+    processor.untimed_connection(pool, _pool_describer("pymongo", lambda: _target(*pool.address)))
 
 
 @_guarded
@@ -242,10 +333,20 @@ def _check_redis_pool(pool: Any) -> None:
     if kwargs.get("socket_timeout") is not None:
         return
     target = (lambda: str(kwargs["path"])) if kwargs.get("path") else (lambda: _target(kwargs.get("host"), kwargs.get("port")))
-    processor.untimed_connection(pool, _db_describer("redis", target))
+    processor.untimed_connection(pool, _pool_describer("redis", target))
 
 
-def _db_describer(library: str, target: Callable[[], str]) -> Callable[[], Mapping[str, str]]:
+def _db_describer(library: str, target: str) -> Callable[[], Mapping[str, str]]:
+    """The details of an untimed connection: its library and target (known), and the call site (now)."""
+
+    def describe() -> Mapping[str, str]:
+        return {names.DETAIL_LIBRARY: library, names.DETAIL_TARGET: target, names.DETAIL_CALL_SITE: call_site()}
+
+    return describe
+
+
+def _pool_describer(library: str, target: Callable[[], str]) -> Callable[[], Mapping[str, str]]:
+    """The same for a pool checked per operation, its target worked out only if the details are kept."""
     return lambda: {names.DETAIL_LIBRARY: library, names.DETAIL_TARGET: target(), names.DETAIL_CALL_SITE: call_site()}
 
 
@@ -283,13 +384,17 @@ def _wrap_urllib(original: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _wrap_cursor(original: Callable[..., Any]) -> Callable[..., Any]:
-    connections, current_context = _CONNECTIONS, _current_context
+    connections, current_context = _CONNECTIONS.get, _current_context
 
-    def traced_execution(tracer: Any, cursor: Any, *args: Any, **kwargs: Any) -> Any:
-        entry = connections.get(id(getattr(cursor, "connection", None)))
+    # `*args` as they come (tracer, cursor, query method, ...): passed on without a new tuple.
+    def traced_execution(*args: Any, **kwargs: Any) -> Any:
+        try:
+            entry = connections(id(args[1].connection))
+        except Exception:  # no cursor, or one without a connection: `_check_cursor` sees to it
+            entry = None
         if entry is None or not (entry[0] or entry[1] is current_context()):  # else: timed, or counted here
-            _check_cursor(cursor)
-        return original(tracer, cursor, *args, **kwargs)
+            _check_cursor(args[1] if len(args) > 1 else kwargs.get("cursor"))
+        return original(*args, **kwargs)
 
     return traced_execution
 
