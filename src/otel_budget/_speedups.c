@@ -883,7 +883,10 @@ count_span(PyObject *tally, PyObject *span, Totals *t, PyObject *systems, PyObje
         goto counted_system;
     if ((double)repeats > t->lim_repeat && cross(tally, k_slot_repeats, end_ns, &t->lim_repeat) < 0)
         goto counted_system;
-    if (PyObject_IsTrue(lim_systems) == 1) {
+    int any_budgeted = PyObject_IsTrue(lim_systems);
+    if (any_budgeted < 0)
+        goto counted_system;
+    if (any_budgeted) {
         int budgeted = PySequence_Contains(lim_systems, system);
         if (budgeted < 0)
             goto counted_system;
