@@ -153,17 +153,13 @@ def reset() -> None:
 
 def _compiled_probes() -> Any:
     """`_speedups` (its `rss_bytes` and `cpu_and_peak`: the same reads without ctypes' and struct_rusage's
-    cost), or None: not built, or `OTEL_BUDGET_COMPILED=false`."""
-    from otel_budget.settings import Settings
+    cost), or None: not built, `OTEL_BUDGET_COMPILED=false`, or no GIL-holding `pread` to fall back on."""
+    from otel_budget.settings import compiled_module
 
-    if not Settings.from_env().compiled or _pread is None:
-        return None
-    try:
-        from otel_budget import _speedups
-    except ImportError:
-        return None
-    _speedups.configure_probes(_rss_slowly)
-    return _speedups
+    speedups = compiled_module() if _pread is not None else None
+    if speedups is not None:
+        speedups.configure_probes(_rss_slowly)
+    return speedups
 
 
 _COMPILED = _compiled_probes()

@@ -38,7 +38,7 @@ static PyObject *s_parent, *s_attributes, *s_dict, *s_context, *s_kind, *s_start
 static PyObject *s_spans, *s_closed, *s_open_spans, *s_rule_final, *s_adopt, *s_unrouted_child, *s_span_id;
 static PyObject *s_held, *s_pending, *s_resolve, *s_drain, *s_counts, *s_limits, *s_systems, *s_statements;
 static PyObject *s_statement_ns, *s_lim_systems, *s_last_db, *s_last_http, *s_max_statement, *s_cross;
-static PyObject *s_cross_system, *s_add, *s_discard, *s_on_ending_frozen, *s_public_attributes;
+static PyObject *s_cross_system, *s_add, *s_on_ending_frozen, *s_public_attributes;
 
 static const char MSG_ON_START[] = "otel-budget: on_start failed; this span is not counted";
 static const char MSG_ON_END[] = "otel-budget: on_end failed; this span is not counted";
@@ -74,6 +74,22 @@ hand_over(const char *message)
     return 0;
 }
 
+/* An int as a long long (a digit loop, not PyLong_AsLongLong's _PyLong_AsByteArray for two digits);
+ * `*error` set when it is not one or out of range (`what` names it). */
+static long long
+int_of(PyObject *value, const char *what, int *error)
+{
+    int overflow = 0;
+    long long found = PyLong_AsLongLongAndOverflow(value, &overflow);
+    if (overflow) {
+        PyErr_Format(PyExc_OverflowError, "%s out of range", what);
+        *error = 1;
+    } else if (found == -1 && PyErr_Occurred()) {
+        *error = 1;
+    }
+    return found;
+}
+
 /* `value or 0` for a span time: an int, or None before the span ended; anything else is a TypeError
  * (as the Python's arithmetic on it would raise), with `*error` set. */
 static long long
@@ -86,30 +102,7 @@ time_of(PyObject *value, int *error)
         *error = 1;
         return 0;
     }
-    int overflow = 0;
-    long long ns = PyLong_AsLongLongAndOverflow(value, &overflow); /* a digit loop, not _PyLong_AsByteArray */
-    if (overflow) {
-        PyErr_SetString(PyExc_OverflowError, "a span time out of range");
-        *error = 1;
-    } else if (ns == -1 && PyErr_Occurred()) {
-        *error = 1;
-    }
-    return ns;
-}
-
-/* An int as a long long, `*error` set when it is not one or is out of range. */
-static long long
-int_of(PyObject *value, int *error)
-{
-    int overflow = 0;
-    long long found = PyLong_AsLongLongAndOverflow(value, &overflow);
-    if (overflow) {
-        PyErr_SetString(PyExc_OverflowError, "a count out of range");
-        *error = 1;
-    } else if (found == -1 && PyErr_Occurred()) {
-        *error = 1;
-    }
-    return found;
+    return int_of(value, "a span time", error);
 }
 
 /* ScopeTally's slots read and written at their offsets (what its member descriptors do) when the object
@@ -237,6 +230,16 @@ public_attributes(PyObject *span)
     return copy;
 }
 
+/* A SpanContext's span id (`context[1]`), new reference: read as the tuple it is, without a generic
+ * `PySequence_GetItem` (~770 instructions on this tuple subclass). */
+static PyObject *
+span_id_in(PyObject *context)
+{
+    if (PyTuple_Check(context) && PyTuple_GET_SIZE(context) > 1)
+        return Py_NewRef(PyTuple_GET_ITEM(context, 1));
+    return PySequence_GetItem(context, 1);
+}
+
 /* span._context[1], new reference. */
 static PyObject *
 span_id_of(PyObject *span)
@@ -244,13 +247,7 @@ span_id_of(PyObject *span)
     PyObject *context = PyObject_GetAttr(span, s_context);
     if (context == NULL)
         return NULL;
-    PyObject *found;
-    if (PyTuple_Check(context) && PyTuple_GET_SIZE(context) > 1) { /* SpanContext is a tuple */
-        found = PyTuple_GET_ITEM(context, 1);
-        Py_INCREF(found);
-    } else {
-        found = PySequence_GetItem(context, 1);
-    }
+    PyObject *found = span_id_in(context);
     Py_DECREF(context);
     return found;
 }
@@ -585,7 +582,7 @@ static long long
 count_at(PyObject *counts, Py_ssize_t slot, int *error)
 {
     PyObject *value = PyList_GetItem(counts, slot);
-    return value != NULL ? int_of(value, error) : (*error = 1, -1);
+    return value != NULL ? int_of(value, "a count", error) : (*error = 1, -1);
 }
 
 static int
@@ -634,8 +631,7 @@ facts_of(PyObject *span, PyObject *attributes, PyObject *start, PyObject *end, P
     if (parent == Py_None) {
         parent_id = PyLong_FromLong(0);
     } else {
-        parent_id = PyTuple_Check(parent) && PyTuple_GET_SIZE(parent) > 1 ? Py_NewRef(PyTuple_GET_ITEM(parent, 1))
-                                                                          : PySequence_GetItem(parent, 1);
+        parent_id = span_id_in(parent);
     }
     Py_DECREF(parent);
     PyObject *span_id = parent_id != NULL ? span_id_of(span) : NULL;
@@ -681,7 +677,7 @@ count_statement(PyObject *statements, PyObject *statement_ns, PyObject *key, lon
     if (seen == NULL && PyErr_Occurred())
         return -1;
     int error = 0;
-    long long repeats = (seen != NULL ? int_of(seen, &error) : 0) + 1;
+    long long repeats = (seen != NULL ? int_of(seen, "a count", &error) : 0) + 1;
     if (error)
         return -1;
     if (repeats > 1 || PyDict_GET_SIZE(statements) < max_statements) {
@@ -693,7 +689,7 @@ count_statement(PyObject *statements, PyObject *statement_ns, PyObject *key, lon
                     PyErr_SetObject(PyExc_KeyError, key);
                 return -1;
             }
-            total += int_of(before, &error);
+            total += int_of(before, "a time", &error);
             if (error)
                 return -1;
         }
@@ -1205,7 +1201,6 @@ PyInit__speedups(void)
     INTERN(s_cross, "_cross");
     INTERN(s_cross_system, "_cross_system");
     INTERN(s_add, "_add");
-    INTERN(s_discard, "discard");
     INTERN(s_on_ending_frozen, "_ON_ENDING_FROZEN");
     INTERN(s_public_attributes, "attributes");
     INTERN(k_other, "other");

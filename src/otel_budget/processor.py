@@ -36,7 +36,7 @@ from otel_budget.config import BudgetConfig, BudgetRule, choices_hint, valid_met
 from otel_budget.names import ScopeKind
 from otel_budget.normalize import SQL_CACHES
 from otel_budget.results import ScopeResult
-from otel_budget.settings import Settings
+from otel_budget.settings import compiled_module
 from otel_budget.sinks import Listener, Listeners, write_to_span
 from otel_budget.tally import ScopeTally, first
 
@@ -574,11 +574,8 @@ def _compiled_failed(message: str, error: BaseException) -> None:
 def _load_compiled() -> Any:
     """`_speedups` configured, or None: not built (no compiler at install), an SDK of another shape, or
     `OTEL_BUDGET_COMPILED=false`. Then the Python above is the whole hot path."""
-    if not _sdkspan.SHAPE_OK or not Settings.from_env().compiled:
-        return None
-    try:
-        from otel_budget import _speedups
-    except ImportError:
+    _speedups = compiled_module() if _sdkspan.SHAPE_OK else None
+    if _speedups is None:
         return None
     _speedups.configure(
         {

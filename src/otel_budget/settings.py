@@ -7,10 +7,11 @@ import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from otel_budget import names
 
-__all__ = ["DEFAULT_MAX_OPEN_SCOPES", "DEFAULT_STUDY_RUNS", "MAX_STUDY_RUNS", "Settings"]
+__all__ = ["DEFAULT_MAX_OPEN_SCOPES", "DEFAULT_STUDY_RUNS", "MAX_STUDY_RUNS", "Settings", "compiled_module"]
 
 logger = logging.getLogger("otel_budget")
 
@@ -159,3 +160,16 @@ class Settings:
             )
             return 0
         return runs
+
+
+@functools.cache
+def compiled_module() -> Any:
+    """`otel_budget._speedups` (the compiled hot path and probes) where it is built and `OTEL_BUDGET_COMPILED`
+    does not turn it off; else None. Decided once per process: `_probes` and `processor` ask at import."""
+    if not Settings.from_env().compiled:
+        return None
+    try:
+        from otel_budget import _speedups
+    except ImportError:  # installed without a C compiler: the pure-Python path
+        return None
+    return _speedups
