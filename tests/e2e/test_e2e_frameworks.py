@@ -124,6 +124,17 @@ def _limits() -> dict[str, tuple[int, int]]:
     return limits
 
 
+def _check_burst(app: Served, routes: dict[str, str], *, cpu_ms: bool) -> None:
+    """30 concurrent requests over `routes`: exact counts (`_check`), `cpu_ms` reported or not, some scopes
+    over budget and some within, and scope names bounded to the routes plus `GET unmatched`."""
+    answers = app.burst(_paths(routes))
+    _check(answers, routes)
+    assert all(("cpu_ms" in a.scope.values) is cpu_ms for a in answers)
+    assert any(a.scope.violations for a in answers) and any(not a.scope.violations for a in answers)
+    names = {a.scope.name for a in answers} | _check_unmatched(app)
+    assert names == set(routes.values()) | {"GET unmatched"}
+
+
 def _check(answers: list[Answer], routes: dict[str, str]) -> None:
     """Each scope against SQLAlchemy's count and what the budgets file makes of it."""
     limits = _limits()
@@ -185,22 +196,12 @@ def _paths(routes: dict[str, str]) -> list[str]:
 
 def test_flask_sqlalchemy_psycopg2_30_concurrent(flask_app: Served) -> None:
     """Flask under gunicorn gthread: n statements -> db.queries n, repeats exact, override rule, names bounded."""
-    answers = flask_app.burst(_paths(FLASK_ROUTES))
-    _check(answers, FLASK_ROUTES)
-    assert all("cpu_ms" in a.scope.values for a in answers)  # a sync server: thread CPU time is the request's
-    assert any(a.scope.violations for a in answers) and any(not a.scope.violations for a in answers)
-    names = {a.scope.name for a in answers} | _check_unmatched(flask_app)
-    assert names == set(FLASK_ROUTES.values()) | {"GET unmatched"}
+    _check_burst(flask_app, FLASK_ROUTES, cpu_ms=True)  # a sync server: thread CPU time is the request's
 
 
 def test_fastapi_sqlalchemy_psycopg2_30_concurrent(fastapi_app: Served) -> None:
     """FastAPI under uvicorn, sync and async endpoints: the same exact counts; no cpu_ms on the event loop."""
-    answers = fastapi_app.burst(_paths(FASTAPI_ROUTES))
-    _check(answers, FASTAPI_ROUTES)
-    assert all("cpu_ms" not in a.scope.values for a in answers)
-    assert any(a.scope.violations for a in answers) and any(not a.scope.violations for a in answers)
-    names = {a.scope.name for a in answers} | _check_unmatched(fastapi_app)
-    assert names == set(FASTAPI_ROUTES.values()) | {"GET unmatched"}
+    _check_burst(fastapi_app, FASTAPI_ROUTES, cpu_ms=False)
 
 
 def test_fastapi_async_cpu_on_the_loop_has_no_cpu_ms(fastapi_app: Served) -> None:
@@ -217,9 +218,4 @@ def test_fastapi_async_cpu_on_the_loop_has_no_cpu_ms(fastapi_app: Served) -> Non
 
 def test_starlette_sqlalchemy_psycopg2_30_concurrent(starlette_app: Served) -> None:
     """A plain Starlette app under uvicorn: the same exact counts, override rule and bounded names; no cpu_ms."""
-    answers = starlette_app.burst(_paths(STARLETTE_ROUTES))
-    _check(answers, STARLETTE_ROUTES)
-    assert all("cpu_ms" not in a.scope.values for a in answers)
-    assert any(a.scope.violations for a in answers) and any(not a.scope.violations for a in answers)
-    names = {a.scope.name for a in answers} | _check_unmatched(starlette_app)
-    assert names == set(STARLETTE_ROUTES.values()) | {"GET unmatched"}
+    _check_burst(starlette_app, STARLETTE_ROUTES, cpu_ms=False)
