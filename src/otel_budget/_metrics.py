@@ -14,7 +14,7 @@ import os
 import threading
 import weakref
 from bisect import bisect_left
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from time import time_ns
 from typing import Any
 
@@ -22,6 +22,7 @@ from opentelemetry import metrics
 
 from otel_budget import _sdkmetrics, names
 from otel_budget.results import ScopeResult
+from otel_budget.settings import compiled_module
 from otel_budget.spanformat import scope_identity
 
 logger = logging.getLogger(__name__)
@@ -63,6 +64,44 @@ def instrument_name(metric: str) -> str:
 def bucket_bounds(unit: str) -> tuple[float, ...]:
     """The histogram bucket boundaries for a metric of `unit`: counts unless it is `ms` or `MiB`."""
     return _BOUNDS.get(unit, _COUNT_BOUNDS)
+
+
+def aggregate_values(
+    states: dict[str, list[Any]], values: Mapping[str, float], slots: Mapping[str, Any], recorded: list[tuple[str, float]]
+) -> None:
+    """Add a scope's `values` to its identity's `states` (metric -> [bucket_counts, sum, min, max, start_ns]);
+    the values of metrics recorded through the SDK (`slots[metric]` a Histogram) are appended to `recorded`.
+
+    Called under the lock of `BudgetMetrics`. `_speedups.aggregate` is its compiled twin, step for step.
+    """
+    for metric, value in values.items():
+        bounds = slots[metric]
+        if bounds.__class__ is not tuple:
+            if bounds is not None:
+                recorded.append((metric, value))
+            continue
+        # As `Histogram.record` would: negative values as 0 (see `record`), infinity dropped.
+        value = value if value >= 0 else 0
+        if value == _INF:
+            continue
+        state = states.get(metric)
+        if state is None:
+            state = states[metric] = [[0] * (len(bounds) + 1), 0, _INF, -_INF, time_ns()]
+        state[0][bisect_left(bounds, value)] += 1
+        state[1] += value
+        if value < state[2]:
+            state[2] = value
+        if value > state[3]:
+            state[3] = value
+
+
+def _compiled_aggregate() -> Callable[[dict[str, list[Any]], Mapping[str, float], Mapping[str, Any], list[Any]], None]:
+    """`_speedups.aggregate` where the compiled module is loaded, else `aggregate_values`."""
+    speedups = compiled_module()
+    return getattr(speedups, "aggregate", aggregate_values) if speedups is not None else aggregate_values
+
+
+_aggregate_values = _compiled_aggregate()  # for a plain dict of values (what the processor makes)
 
 
 class _Pending:
@@ -142,26 +181,7 @@ class BudgetMetrics:
                 if len(self._pending) >= MAX_PENDING:
                     return values.items()
                 pending = self._pending[key] = _Pending(scope_identity(result))
-            states = pending.states
-            for metric, value in values.items():
-                bounds = slots[metric]
-                if bounds.__class__ is not tuple:
-                    if bounds is not None:
-                        recorded.append((metric, value))
-                    continue
-                # As `Histogram.record` would: negative values as 0 (see `record`), infinity dropped.
-                value = value if value >= 0 else 0
-                if value == _INF:
-                    continue
-                state = states.get(metric)
-                if state is None:
-                    state = states[metric] = [[0] * (len(bounds) + 1), 0, _INF, -_INF, time_ns()]
-                state[0][bisect_left(bounds, value)] += 1
-                state[1] += value
-                if value < state[2]:
-                    state[2] = value
-                if value > state[3]:
-                    state[3] = value
+            (_aggregate_values if values.__class__ is dict else aggregate_values)(pending.states, values, slots, recorded)
         return recorded
 
     def _add_slot(self, metric: str) -> None:

@@ -16,6 +16,7 @@
 
 #include <math.h>
 #include <sys/resource.h>
+#include <time.h>
 #include <unistd.h>
 
 /* Set once by `configure` (from processor.py and tally.py at import); owned references. */
@@ -1145,6 +1146,211 @@ failed:
     return NULL;
 }
 
+/* -- aggregate(states, values, slots, recorded): `_metrics.aggregate_values` compiled --------------------- */
+
+/* `obj` as a double when that is exact (a float, or an int within 2**53): then comparing doubles is what
+ * Python's exact int/float comparison gives. 0: not such a number (compared through Python). */
+static int
+exact_double(PyObject *obj, double *out)
+{
+    if (PyFloat_CheckExact(obj)) {
+        *out = PyFloat_AS_DOUBLE(obj);
+        return 1;
+    }
+    if (PyLong_CheckExact(obj)) {
+        int overflow = 0;
+        long long value = PyLong_AsLongLongAndOverflow(obj, &overflow);
+        if (overflow || value > (1LL << 53) || value < -(1LL << 53))
+            return 0;
+        *out = (double)value;
+        return 1;
+    }
+    return 0;
+}
+
+/* `a < b`: 1, 0, or -1 on error. */
+static int
+less_than(PyObject *a, PyObject *b)
+{
+    double x, y;
+    if (exact_double(a, &x) && exact_double(b, &y))
+        return x < y;
+    return PyObject_RichCompareBool(a, b, Py_LT);
+}
+
+/* bisect.bisect_left(bounds, value) on a tuple; -1 on error. */
+static Py_ssize_t
+bisect_left_of(PyObject *bounds, PyObject *value)
+{
+    Py_ssize_t lo = 0, hi = PyTuple_GET_SIZE(bounds);
+    double v, b;
+    int fast = exact_double(value, &v);
+    while (lo < hi) {
+        Py_ssize_t mid = (Py_ssize_t)(((size_t)lo + (size_t)hi) / 2);
+        PyObject *item = PyTuple_GET_ITEM(bounds, mid);
+        int less = fast && exact_double(item, &b) ? b < v : PyObject_RichCompareBool(item, value, Py_LT);
+        if (less < 0)
+            return -1;
+        if (less)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+/* A new aggregate state: [[0] * (buckets + 1), 0, inf, -inf, time.time_ns()]. */
+static PyObject *
+new_state(Py_ssize_t buckets)
+{
+    struct timespec now;
+    if (clock_gettime(CLOCK_REALTIME, &now) != 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    PyObject *counts = PyList_New(buckets + 1);
+    if (counts == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i <= buckets; i++)
+        PyList_SET_ITEM(counts, i, PyLong_FromLong(0));
+    return Py_BuildValue("[NiddL]", counts, 0, Py_HUGE_VAL, -Py_HUGE_VAL,
+                         (long long)now.tv_sec * 1000000000LL + (long long)now.tv_nsec);
+}
+
+/* `state[index] = value` when `value` is set (a new reference, stolen); 0, or -1 on error. */
+static int
+put(PyObject *list, Py_ssize_t index, PyObject *value)
+{
+    if (value == NULL)
+        return -1;
+    PyList_SetItem(list, index, value); /* steals; the index is checked by the caller */
+    return 0;
+}
+
+/* One value into its state: the bucket's count, the sum, min and max (as `aggregate_values` does). */
+static int
+aggregate_one(PyObject *state, PyObject *bounds, PyObject *value)
+{
+    if (!PyList_CheckExact(state) || PyList_GET_SIZE(state) < 4 || !PyList_CheckExact(PyList_GET_ITEM(state, 0))) {
+        PyErr_SetString(PyExc_TypeError, "aggregate: a state is not [counts, sum, min, max, start]");
+        return -1;
+    }
+    PyObject *counts = PyList_GET_ITEM(state, 0);
+    Py_ssize_t index = bisect_left_of(bounds, value);
+    if (index < 0)
+        return -1;
+    if (index >= PyList_GET_SIZE(counts)) {
+        PyErr_SetString(PyExc_IndexError, "aggregate: fewer bucket counts than bounds");
+        return -1;
+    }
+    PyObject *count = PyList_GET_ITEM(counts, index);
+    int overflow = 0;
+    long long n = PyLong_CheckExact(count) ? PyLong_AsLongLongAndOverflow(count, &overflow) : -1;
+    PyObject *one = NULL;
+    PyObject *next_count = n >= 0 && !overflow && n < LLONG_MAX ? PyLong_FromLongLong(n + 1)
+                                                                 : (one = PyLong_FromLong(1)) != NULL ? PyNumber_Add(count, one) : NULL;
+    Py_XDECREF(one);
+    if (put(counts, index, next_count) < 0)
+        return -1;
+    PyObject *total = PyList_GET_ITEM(state, 1);
+    PyObject *sum = PyFloat_CheckExact(total) && PyFloat_CheckExact(value)
+                        ? PyFloat_FromDouble(PyFloat_AS_DOUBLE(total) + PyFloat_AS_DOUBLE(value))
+                        : PyNumber_Add(total, value);
+    if (put(state, 1, sum) < 0)
+        return -1;
+    int lower = less_than(value, PyList_GET_ITEM(state, 2));
+    if (lower < 0 || (lower && put(state, 2, Py_NewRef(value)) < 0))
+        return -1;
+    int higher = less_than(PyList_GET_ITEM(state, 3), value);
+    if (higher < 0 || (higher && put(state, 3, Py_NewRef(value)) < 0))
+        return -1;
+    return 0;
+}
+
+static PyObject *
+speedups_aggregate(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4 || !PyDict_Check(args[0]) || !PyDict_Check(args[1]) || !PyDict_Check(args[2]) ||
+        !PyList_Check(args[3])) {
+        PyErr_SetString(PyExc_TypeError, "aggregate(states: dict, values: dict, slots: dict, recorded: list)");
+        return NULL;
+    }
+    PyObject *states = args[0], *values = args[1], *slots = args[2], *recorded = args[3];
+    PyObject *metric, *value, *zero = NULL;
+    Py_ssize_t pos = 0;
+    int failed = 0;
+    while (!failed && PyDict_Next(values, &pos, &metric, &value)) {
+        Py_INCREF(metric);
+        Py_INCREF(value);
+        PyObject *bounds = PyDict_GetItemWithError(slots, metric);
+        Py_XINCREF(bounds);
+        if (bounds == NULL) {
+            if (!PyErr_Occurred())
+                PyErr_SetObject(PyExc_KeyError, metric);
+            failed = 1;
+        } else if (!PyTuple_CheckExact(bounds)) { /* no histogram (None), or one recorded through the SDK */
+            if (bounds != Py_None) {
+                PyObject *pair = PyTuple_Pack(2, metric, value);
+                failed = pair == NULL || PyList_Append(recorded, pair) < 0;
+                Py_XDECREF(pair);
+            }
+        } else {
+            /* As `Histogram.record` would: negative values as 0, infinity dropped. */
+            int negative;
+            double d;
+            if (exact_double(value, &d))
+                negative = !(d >= 0);
+            else {
+                if (zero == NULL && (zero = PyLong_FromLong(0)) == NULL) {
+                    failed = 1;
+                    goto next;
+                }
+                int at_least = PyObject_RichCompareBool(value, zero, Py_GE);
+                negative = at_least < 0 ? -1 : !at_least;
+            }
+            if (negative < 0) {
+                failed = 1;
+                goto next;
+            }
+            if (negative) {
+                Py_SETREF(value, PyLong_FromLong(0));
+                if (value == NULL) {
+                    failed = 1;
+                    goto next;
+                }
+            }
+            int infinite; /* `value == inf`: dropped */
+            if (PyFloat_CheckExact(value))
+                infinite = PyFloat_AS_DOUBLE(value) == Py_HUGE_VAL;
+            else if (PyLong_CheckExact(value))
+                infinite = 0;
+            else {
+                PyObject *inf = PyFloat_FromDouble(Py_HUGE_VAL);
+                infinite = inf != NULL ? PyObject_RichCompareBool(value, inf, Py_EQ) : -1;
+                Py_XDECREF(inf);
+            }
+            if (infinite != 0) {
+                failed = infinite < 0;
+                goto next;
+            }
+            PyObject *state = PyDict_GetItemWithError(states, metric);
+            if (state != NULL)
+                Py_INCREF(state);
+            else if (!PyErr_Occurred() && (state = new_state(PyTuple_GET_SIZE(bounds))) != NULL &&
+                     PyDict_SetItem(states, metric, state) < 0)
+                Py_CLEAR(state);
+            failed = state == NULL || aggregate_one(state, bounds, value) < 0;
+            Py_XDECREF(state);
+        }
+    next:
+        Py_XDECREF(bounds);
+        Py_XDECREF(metric);
+        Py_XDECREF(value);
+    }
+    Py_XDECREF(zero);
+    if (failed)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef speedups_methods[] = {
     {"configure", (PyCFunction)speedups_configure, METH_O, "Hand over the constants and Python fallbacks (once)."},
     {"configure_probes", (PyCFunction)speedups_configure_probes, METH_O, "configure_probes(rss_slowly)."},
@@ -1155,6 +1361,8 @@ static PyMethodDef speedups_methods[] = {
 #endif
     {"count", (PyCFunction)(void (*)(void))speedups_count, METH_FASTCALL,
      "count(tally, batch): tally.count_python compiled; called under the tally's lock."},
+    {"aggregate", (PyCFunction)(void (*)(void))speedups_aggregate, METH_FASTCALL,
+     "aggregate(states, values, slots, recorded): _metrics.aggregate_values compiled; called under its lock."},
     {NULL, NULL, 0, NULL},
 };
 
