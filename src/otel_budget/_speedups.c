@@ -1351,6 +1351,86 @@ speedups_aggregate(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 }
 
+/* -- put_counts and prefixed: two loops of a scope's end (`tally.put_counts`, `spanformat.prefixed`) ------- */
+
+/* `tally._ms(ns)`, `round(ns / 1000) / 1000`, for an int within 2**53 (exact as a double, so both divisions
+ * and the round half to even give Python's float); anything else through `ms` itself. New reference. */
+static PyObject *
+ms_of(PyObject *ns, PyObject *ms)
+{
+    if (PyLong_CheckExact(ns)) {
+        int overflow = 0;
+        long long value = PyLong_AsLongLongAndOverflow(ns, &overflow);
+        if (!overflow && value <= (1LL << 53) && value >= -(1LL << 53))
+            return PyFloat_FromDouble(rint((double)value / 1000.0) / 1000.0);
+        if (value == -1 && PyErr_Occurred())
+            return NULL;
+    }
+    return PyObject_CallOneArg(ms, ns);
+}
+
+static PyObject *
+speedups_put_counts(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 5 || !PyDict_Check(args[0]) || !PyTuple_Check(args[1]) || !PyTuple_Check(args[2]) ||
+        !PyList_Check(args[3])) {
+        PyErr_SetString(PyExc_TypeError, "put_counts(values: dict, metrics: tuple, timed: tuple, counts: list, ms)");
+        return NULL;
+    }
+    PyObject *values = args[0], *metrics = args[1], *timed = args[2], *counts = args[3], *ms = args[4];
+    Py_ssize_t n = PyTuple_GET_SIZE(metrics);
+    if (PyTuple_GET_SIZE(timed) < n)
+        n = PyTuple_GET_SIZE(timed);
+    for (Py_ssize_t i = 0; i < n && i < PyList_GET_SIZE(counts); i++) { /* zip(): the shortest */
+        PyObject *count = Py_NewRef(PyList_GET_ITEM(counts, i));
+        int is_timed = PyObject_IsTrue(PyTuple_GET_ITEM(timed, i));
+        PyObject *value = is_timed < 0 ? NULL : is_timed ? ms_of(count, ms) : Py_NewRef(count);
+        Py_DECREF(count);
+        if (value == NULL)
+            return NULL;
+        int failed = PyDict_SetItem(values, PyTuple_GET_ITEM(metrics, i), value);
+        Py_DECREF(value);
+        if (failed < 0)
+            return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+speedups_prefixed(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3 || !PyDict_Check(args[0]) || !PyDict_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "prefixed(values: dict, keys: dict, make_key)");
+        return NULL;
+    }
+    PyObject *values = args[0], *keys = args[1], *make_key = args[2];
+#if PY_VERSION_HEX < 0x030D0000
+    PyObject *summary = _PyDict_NewPresized(PyDict_GET_SIZE(values) + 4); /* no resize while it fills */
+#else
+    PyObject *summary = PyDict_New();
+#endif
+    if (summary == NULL)
+        return NULL;
+    PyObject *metric, *value;
+    Py_ssize_t pos = 0;
+    while (PyDict_Next(values, &pos, &metric, &value)) {
+        Py_INCREF(metric);
+        Py_INCREF(value);
+        PyObject *key = PyDict_GetItemWithError(keys, metric); /* `keys.get(metric) or make_key(metric)` */
+        int truth = key != NULL ? PyObject_IsTrue(key) : PyErr_Occurred() ? -1 : 0;
+        key = truth < 0 ? NULL : truth ? Py_NewRef(key) : PyObject_CallOneArg(make_key, metric);
+        int failed = key == NULL || PyDict_SetItem(summary, key, value) < 0;
+        Py_XDECREF(key);
+        Py_DECREF(metric);
+        Py_DECREF(value);
+        if (failed) {
+            Py_DECREF(summary);
+            return NULL;
+        }
+    }
+    return summary;
+}
+
 static PyMethodDef speedups_methods[] = {
     {"configure", (PyCFunction)speedups_configure, METH_O, "Hand over the constants and Python fallbacks (once)."},
     {"configure_probes", (PyCFunction)speedups_configure_probes, METH_O, "configure_probes(rss_slowly)."},
@@ -1363,6 +1443,10 @@ static PyMethodDef speedups_methods[] = {
      "count(tally, batch): tally.count_python compiled; called under the tally's lock."},
     {"aggregate", (PyCFunction)(void (*)(void))speedups_aggregate, METH_FASTCALL,
      "aggregate(states, values, slots, recorded): _metrics.aggregate_values compiled; called under its lock."},
+    {"put_counts", (PyCFunction)(void (*)(void))speedups_put_counts, METH_FASTCALL,
+     "put_counts(values, metrics, timed, counts, ms): tally.put_counts compiled."},
+    {"prefixed", (PyCFunction)(void (*)(void))speedups_prefixed, METH_FASTCALL,
+     "prefixed(values, keys, make_key): spanformat.prefixed compiled."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -437,7 +437,7 @@ class BudgetSpanProcessor(SpanProcessor):
         try:
             if span is None:
                 return None
-            if not scope.rule_final or scope.kind is _HTTP:
+            if not scope.rule_final:
                 self._resolve(scope, end_ns)
             scope.drain()
             result = self._result(scope, span, end_ns)

@@ -22,6 +22,7 @@ from otel_budget import _probes, _sdkspan, names
 from otel_budget._ratelimit import log_exception
 from otel_budget.names import ScopeKind
 from otel_budget.normalize import SQL_CACHES, normalize_mongo, normalize_sql
+from otel_budget.settings import compiled_module
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import ReadableSpan, Span
@@ -460,8 +461,7 @@ class ScopeTally:
             names.MEMORY_GROWTH_MB: _mib(_rss_bytes() - self.rss_start),
             names.MEMORY_PEAK_GROWTH_MB: _mib(peak_end - self.peak_start),
         }
-        for metric, timed, count in zip(_METRICS, _TIMED, self.counts):
-            values[metric] = _ms(count) if timed else count
+        _put_counts(values, _METRICS, _TIMED, self.counts, _ms)
         if self.thread_id and self.thread_id == _get_ident():
             values[names.CPU_MS] = _ms(cpu_end - self.cpu_start)
         for system, (queries, ns) in self.systems.items():
@@ -549,6 +549,20 @@ def _ms(ns: int) -> float:
 def _mib(size: int) -> float:
     """Bytes as MiB, to three decimals."""
     return round(size / (MIB / 1000)) / 1000
+
+
+def put_counts(
+    values: dict[str, float], metrics: tuple[str, ...], timed: tuple[bool, ...], counts: list[int],
+    ms: Callable[[int], float],
+) -> None:
+    """`values[metric]` for each counted metric: its count, or `ms(count)` for a time counted in ns.
+    `_speedups.put_counts` is its compiled twin."""
+    for metric, is_timed, count in zip(metrics, timed, counts):
+        values[metric] = ms(count) if is_timed else count
+
+
+_speedups = compiled_module()
+_put_counts: Callable[..., None] = getattr(_speedups, "put_counts", put_counts) if _speedups else put_counts
 
 
 # What `drain` counts a batch with: `count_python`, or its compiled twin (`_speedups.count`, chosen by

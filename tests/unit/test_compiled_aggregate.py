@@ -129,3 +129,61 @@ def test_the_compiled_one_is_used_for_dicts_when_it_is_on() -> None:
 
     expected = _speedups.aggregate if Settings.from_env().compiled else aggregate_values
     assert _metrics._aggregate_values is expected
+
+
+# -- the two loops of a scope's end: tally.put_counts (counts, ns as ms) and spanformat.prefixed (attribute keys)
+@pytest.mark.parametrize(
+    "count",
+    [0, 1, 499, 500, 501, 1500, 2500, 123_456_789, -1500, -2500, 2**53, 2**53 + 3, 2**70, -(2**64), True, 1.5e9, 2.5],
+)  # fmt: skip
+def test_put_counts_as_the_python_does(count: Any) -> None:
+    from otel_budget.tally import _ms, put_counts
+
+    metrics, timed = ("db.queries", "db.duration_ms", "tasks.enqueued"), (False, True, 0)
+    for counts in ([count, count, count], [count], []):
+        ours: dict[str, Any] = {"duration_ms": 1.0}
+        theirs: dict[str, Any] = {"duration_ms": 1.0}
+        _speedups.put_counts(ours, metrics, timed, list(counts), _ms)
+        put_counts(theirs, metrics, timed, list(counts), _ms)
+        assert list(ours.items()) == list(theirs.items())
+        assert [type(value) for value in ours.values()] == [type(value) for value in theirs.values()]
+
+
+def test_put_counts_rounds_half_to_even_like_round() -> None:
+    from otel_budget.tally import _ms
+
+    values: dict[str, Any] = {}
+    counts = [500, 1500, 2500, 3500, 1_000_500, 999_999_500]  # ns whose µs are exactly halfway
+    _speedups.put_counts(values, tuple(map(str, range(6))), (True,) * 6, counts, _ms)
+    assert list(values.values()) == [_ms(ns) for ns in counts] == [0.0, 0.002, 0.002, 0.004, 1.0, 1000.0]
+
+
+def test_put_counts_errors_are_raised() -> None:
+    from otel_budget.tally import _ms
+
+    with pytest.raises(TypeError):
+        _speedups.put_counts({}, ("db.duration_ms",), (True,), ["12"], _ms)  # `_ms("12")` raises it too
+    with pytest.raises(TypeError):
+        _speedups.put_counts({}, ("a",), (False,), ("not", "a list"), _ms)
+    with pytest.raises(TypeError):
+        _speedups.put_counts({}, ("a", [1]), (False, False), [1, 2], _ms)  # an unhashable metric
+
+
+def test_prefixed_as_the_python_does() -> None:
+    from otel_budget.spanformat import _ATTRIBUTE_KEYS, _key, prefixed
+
+    values = {"db.queries": 3, "duration_ms": 1.25, "db.cassandra.queries": 2, "new.metric": 0, "cpu_ms": -0.0}
+    keys = {**_ATTRIBUTE_KEYS, "db.queries": ""}  # an empty key is made again, as `or` does
+    made: list[str] = []
+
+    def make_key(metric: str) -> str:
+        made.append(metric)
+        return _key(metric)
+
+    ours = _speedups.prefixed(values, keys, make_key)
+    theirs = prefixed(values, keys, make_key)
+    assert list(ours.items()) == list(theirs.items())
+    assert ours["budget.db.queries"] == 3 and ours["budget.new.metric"] == 0
+    assert made == ["db.queries", "db.cassandra.queries", "new.metric"] * 2
+    with pytest.raises(ZeroDivisionError):
+        _speedups.prefixed({"x": 1}, {}, lambda metric: 1 / 0)
