@@ -40,6 +40,15 @@ class NoopProcessor(SpanProcessor):
     """Reference: what any extra span processor costs (the SDK calls on_start, _on_ending, on_end)."""
 
 
+def c_noop_processor() -> SpanProcessor:
+    """Reference: the SDK's own cost of calling one more processor. Its three hooks are C callables that
+    do nothing (`"".format`, `id`), so not even a Python frame of the processor runs: what is left is the
+    SDK's loop over its processors (a second iteration, an attribute lookup, a call with keywords)."""
+    processor = NoopProcessor()
+    processor.__dict__.update(on_start="".format, _on_ending=id, on_end=id)
+    return processor
+
+
 class MapOnlyProcessor(SpanProcessor):
     """Reference: the least a processor that knows each span's scope must do - one dict entry per open span."""
 
@@ -81,6 +90,7 @@ CONFIGS: dict[str, Factory] = {
         meter_provider=meters, record_metrics=DASHBOARD_METRICS
     ),
     "ref: otel+noop-processor": lambda meters: NoopProcessor(),
+    "ref: otel+c-noop-processor": lambda meters: c_noop_processor(),
     "ref: otel+map-only-processor": lambda meters: MapOnlyProcessor(),
     "ref: otel+counting-only": lambda meters: CountingOnlyProcessor(record_metrics=False),
 }
