@@ -6,7 +6,7 @@ VPY     := $(VENV)/bin/python
 STACK   := $(PYTHON) stack/stack.py
 PYTEST_ARGS ?=
 
-.PHONY: help venv stack stack-down stack-status stack-build test-tools validate-config test demo bench bench-instructions bench-gateway-tier valgrind
+.PHONY: help venv stack stack-down stack-status stack-build test-tools validate-config test demo bench bench-instructions bench-e2e-instructions bench-gateway-tier valgrind
 
 help:
 	@echo "make venv            .venv with otel-budget[all,dev] (re-run when pyproject.toml changes)"
@@ -18,8 +18,9 @@ help:
 	@echo "make validate-config check collector-config/config.yaml (and the Prometheus config)"
 	@echo "make test            stack + venv + test-tools, then pytest"
 	@echo "make demo            stack + venv, then examples/demo.py"
-	@echo "make bench           venv + stack, then benchmarks/run.py and bench-instructions"
+	@echo "make bench           venv + stack, then benchmarks/run.py, bench-instructions and bench-e2e-instructions"
 	@echo "make bench-instructions  instructions per scope under callgrind, ratios to plain OTel (~10 min)"
+	@echo "make bench-e2e-instructions  the shop's view per request under callgrind, one gunicorn worker (~10 min)"
 	@echo "make bench-gateway-tier  spans/s through agent + 2 gateways, step by step to saturation (~3 min)"
 
 venv: $(VENV)/.stamp
@@ -73,10 +74,15 @@ bench: venv stack valgrind
 		|| { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q --no-install-recommends wrk; }
 	$(VPY) benchmarks/run.py
 	$(VPY) benchmarks/instructions.py --compare
+	$(VPY) benchmarks/e2e_instructions.py --compare
 
 # Instruction counts (noise-free): each configuration at two sizes under callgrind, the difference per scope.
 bench-instructions: venv valgrind
 	$(VPY) benchmarks/instructions.py --compare
+
+# End to end in instructions: the shop's 25-query view, one gunicorn worker under callgrind, per request (~10 min).
+bench-e2e-instructions: venv stack valgrind
+	$(VPY) benchmarks/e2e_instructions.py --compare
 
 # Spans per second through the scaled topology (its own agent + 2 gateways on the shared ports + 22000).
 GATEWAY_TIER_RATES ?= 5000,10000,20000,40000,60000,80000

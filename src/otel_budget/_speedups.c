@@ -789,6 +789,26 @@ count_http(PyObject *tally, PyObject *span, PyObject *facts, long long start_ns,
     return call_tally(tally, s_add, k_slot_calls_ns, end_ns - start_ns, end_ns, 1);
 }
 
+/* A per-system limit (an int from the budgets file, or a float: `inf`, ns) as a double: 1, or 0 for anything
+ * else or an int too big to be exact (the caller then leaves the comparison to the Python). */
+static int
+limit_of(PyObject *limit, double *out)
+{
+    if (PyFloat_CheckExact(limit)) {
+        *out = PyFloat_AS_DOUBLE(limit);
+        return !isnan(*out);
+    }
+    if (PyLong_CheckExact(limit)) {
+        int overflow = 0;
+        long long value = PyLong_AsLongLongAndOverflow(limit, &overflow);
+        if (overflow || value > (1LL << 53) || value < -(1LL << 53))
+            return 0;
+        *out = (double)value;
+        return 1;
+    }
+    return 0;
+}
+
 /* One span of the batch; 0 on success or skip, -1 on an error that propagates. */
 static int
 count_span(PyObject *tally, PyObject *span, Totals *t, PyObject *systems, PyObject *statements, PyObject *statement_ns,
@@ -887,6 +907,25 @@ count_span(PyObject *tally, PyObject *span, Totals *t, PyObject *systems, PyObje
         int budgeted = PySequence_Contains(lim_systems, system);
         if (budgeted < 0)
             goto counted_system;
+        if (budgeted) { /* only when a per-system limit is over: `_cross_system` would do nothing else */
+            PyObject *pair = PyObject_GetItem(lim_systems, system);
+            if (pair == NULL)
+                goto counted_system;
+            int over = 1; /* anything unexpected: let the Python decide */
+            double limit_queries, limit_ns;
+            if (PyTuple_CheckExact(pair) && PyTuple_GET_SIZE(pair) == 2 &&
+                limit_of(PyTuple_GET_ITEM(pair, 0), &limit_queries) && limit_of(PyTuple_GET_ITEM(pair, 1), &limit_ns)) {
+                int error = 0;
+                long long queries = count_at(per_system, 0, &error), time = count_at(per_system, 1, &error);
+                if (error) {
+                    Py_DECREF(pair);
+                    goto counted_system;
+                }
+                over = (double)queries > limit_queries || (double)time > limit_ns;
+            }
+            Py_DECREF(pair);
+            budgeted = over;
+        }
         if (budgeted) {
             PyObject *at = PyLong_FromLongLong(end_ns);
             PyObject *done = at != NULL ? PyObject_CallMethodObjArgs(tally, s_cross_system, system, per_system, at, NULL) : NULL;

@@ -648,6 +648,9 @@ def _untimed(span: ReadableSpan, slot: int, key: int, describe: Callable[[], Map
     for ref in _LIVE:
         processor = ref()
         owner = processor._spans.get(span_id) if processor is not None else None
-        if owner is not None and not owner.closed:
-            owner.add_untimed(slot, key, describe, time.time_ns())
+        if processor is not None and owner is not None and not owner.closed:
+            now_ns = time.time_ns()
+            if not owner.rule_final and owner.span is not None and _attributes(owner.span).get(_HTTP_ROUTE) is not None:
+                processor._resolve(owner, now_ns)  # routed since its last span started (a driver's first check)
+            owner.add_untimed(slot, key, describe, now_ns)
             return

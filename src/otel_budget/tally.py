@@ -321,8 +321,10 @@ class ScopeTally:
     def add_untimed(self, slot: int, key: int, describe: Callable[[], Mapping[str, str]], at_ns: int) -> None:
         """One untimed call (`key`: its span id) or connection (its `id`), counted once per key in this scope.
 
-        `describe()` gives its details; it is called only for the first few and for the one that crosses
-        the limit in force, so a scope whose limit is lifted pays for a count only.
+        `describe()` gives its details (a walk up the stack for the call site); it is called only where
+        the metric may have a limit in this scope (its rule has one, or is not final yet), and then for
+        the first few and for the one that crosses the limit in force: a scope that only measures the
+        metric (`db.untimed_connections` by default) pays for a count only.
         """
         keys = self.untimed_keys
         if keys is not None and (slot, key) in keys:  # seen (the usual case per statement): no lock
@@ -338,7 +340,9 @@ class ScopeTally:
                 keys.add((slot, key))
             rank = self.counts[slot] + 1
             kept = self.untimed.setdefault(slot, [])  # type: ignore[union-attr]  # made with `untimed_keys`
-            if len(kept) < MAX_UNTIMED_DETAILS or rank > self.limits[slot]:
+            rule = self.rule
+            limited = rule is None or not self.rule_final or _METRICS[slot] in rule.limits
+            if limited and (len(kept) < MAX_UNTIMED_DETAILS or rank > self.limits[slot]):
                 kept.append((rank, describe()))
             self._add(slot, 1, at_ns)
 

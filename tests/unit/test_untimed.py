@@ -70,6 +70,34 @@ def test_untimed_connection_event_where_a_file_sets_a_limit(tracing) -> None:  #
     assert (violation.metric, violation.actual, violation.details) == ("db.untimed_connections", 1, _details(7))
 
 
+def test_describe_runs_only_where_the_metric_may_have_a_limit(tracing) -> None:  # type: ignore[no-untyped-def]
+    """The details (a walk up the stack) are taken only where the scope's rule limits the metric, or may yet."""
+    asked: list[int] = []
+
+    def describe(n: int) -> dict[str, str]:
+        asked.append(n)
+        return _details(n)
+
+    connections = [object() for _ in range(4)]
+    with tracing.request("items/"):
+        tracing.db("SELECT 1")  # the route was set (as Django does) before this span: the rule is final now
+        processor.untimed_connection(connections[0], lambda: describe(1))  # and it has no such limit
+        processor.untimed_connection(connections[1], lambda: describe(2))
+    assert (tracing.results[-1].values["db.untimed_connections"], asked) == (2, [])
+    with tracing.request("items/"):
+        processor.untimed_connection(connections[2], lambda: describe(3))  # routed before its first span: resolved now
+    with tracing.tracer.start_as_current_span("GET", kind=SpanKind.SERVER, attributes={"http.request.method": "GET"}):
+        processor.untimed_connection(connections[2], lambda: describe(5))  # no route at all yet: its rule may limit it
+    assert [result.values["db.untimed_connections"] for result in tracing.results[-2:]] == [1, 1]
+    assert asked == [5]
+    tracing.processor.config = parse_config({"http": {"db": {"untimed_connections": 0}}}, source="t.toml")
+    with tracing.request("items/"):
+        tracing.db("SELECT 1")
+        processor.untimed_connection(connections[3], lambda: describe(4))
+    (violation,) = tracing.results[-1].violations
+    assert (violation.details, asked) == (_details(4), [5, 4])
+
+
 def test_nested_scope_connection_counts_once_in_the_outer(tracing) -> None:  # type: ignore[no-untyped-def]
     """A connection used in a nested scope and around it is one untimed connection of the outer scope."""
     from otel_budget import budget_scope
