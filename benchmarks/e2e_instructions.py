@@ -172,7 +172,7 @@ def report(costs: Mapping[str, float], goal: float = GOAL) -> list[str]:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--compare", action="store_true", help="run each configuration at two sizes, print ratios")
-    parser.add_argument("--configs", default=",".join(CONFIGS[1:]), help="--compare: besides plain OTel")
+    parser.add_argument("--configs", default=";".join(CONFIGS[1:]), help="--compare: besides plain OTel, separated by ;")
     parser.add_argument("--sizes", default=",".join(map(str, SIZES)), help="--compare: the two numbers of requests")
     parser.add_argument("--jobs", type=int, default=2, help="--compare: servers under valgrind at a time (1 or 2)")
     parser.add_argument("config", nargs="?", help=f"one of {', '.join(CONFIGS)}")
@@ -181,7 +181,7 @@ def main(argv: list[str]) -> int:
     from e2e import setup_shop  # migrate and seed the shop's database (idempotent)
 
     if args.compare:
-        configs = [config.strip() for config in args.configs.split(",") if config.strip()]
+        configs = [config.strip() for config in args.configs.split(";") if config.strip()]
         sizes = [int(size) for size in args.sizes.split(",")]
         unknown = sorted(set(configs) - set(CONFIGS))
         if unknown or len(set(sizes)) != 2:

@@ -132,7 +132,7 @@ def main(argv: list[str]) -> int:
         "--compare", action="store_true", help="run the configurations under callgrind, print the ratios"
     )
     parser.add_argument(
-        "--configs", default=",".join([*GOALS, FLOOR]), help="--compare: besides plain OTel, comma-separated"
+        "--configs", default=";".join([*GOALS, FLOOR]), help="--compare: besides plain OTel, separated by ; (names hold commas)"
     )
     parser.add_argument("--sizes", default=",".join(map(str, SIZES)), help="--compare: the two numbers of scopes")
     parser.add_argument("--jobs", type=int, default=2, help="--compare: valgrind runs at a time")
@@ -141,7 +141,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("scopes", nargs="?", type=int, help="scopes to run after the warm-up")
     args = parser.parse_args(argv)
     if args.compare:
-        configs = [config.strip() for config in args.configs.split(",") if config.strip()]
+        configs = [config.strip() for config in args.configs.split(";") if config.strip()]
         sizes = [int(size) for size in args.sizes.split(",")]
         unknown = sorted(set(configs) - set(CONFIGS))
         if unknown or len(set(sizes)) != 2:

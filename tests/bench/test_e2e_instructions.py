@@ -51,6 +51,13 @@ def test_summed_instructions_reads_every_profile(tmp_path: Path) -> None:
         e2e_instructions.summed_instructions([str(tmp_path / "callgrind.103")])
 
 
+def test_the_default_configurations_parse(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        e2e_instructions.main(["--compare", "--sizes", "5,5"])
+    err = capsys.readouterr().err
+    assert "--sizes:" in err and "unknown" not in err
+
+
 def test_one_real_server_under_callgrind() -> None:
     """The shop under callgrind, 1 and 3 requests: the two extra requests cost what a 25-query view costs."""
     assert shutil.which("valgrind"), "make test installs valgrind (the bench-instructions prerequisite)"

@@ -62,3 +62,11 @@ def test_one_real_callgrind_run() -> None:
     costs = instructions.compare([], [1, 3], instructions.valgrind_runner(warm_up=5), jobs=2)
     assert list(costs) == ["otel"]
     assert 1_000_000 < costs["otel"] < 50_000_000, costs
+
+
+def test_the_default_configurations_parse(capsys: pytest.CaptureFixture[str]) -> None:
+    """Names hold commas (`otel+budget,no-metrics`): the list is split on `;`, so the defaults are all known."""
+    with pytest.raises(SystemExit):
+        instructions.main(["--compare", "--sizes", "5,5"])  # rejected for its sizes, after the names were checked
+    err = capsys.readouterr().err
+    assert "--sizes:" in err and "unknown" not in err
