@@ -38,7 +38,7 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-from instructions import per_scope, ratios  # noqa: E402  (the same difference of two sizes)
+from instructions import compare_args, per_scope, ratios  # noqa: E402  (the same difference of two sizes)
 
 REPO = HERE.parent
 SHOP_DIR = REPO / "examples" / "shop"
@@ -181,11 +181,7 @@ def main(argv: list[str]) -> int:
     from e2e import setup_shop  # migrate and seed the shop's database (idempotent)
 
     if args.compare:
-        configs = [config.strip() for config in args.configs.split(";") if config.strip()]
-        sizes = [int(size) for size in args.sizes.split(",")]
-        unknown = sorted(set(configs) - set(CONFIGS))
-        if unknown or len(set(sizes)) != 2:
-            parser.error(f"unknown configuration {unknown}; choose from {CONFIGS}" if unknown else "--sizes: two sizes")
+        configs, sizes = compare_args(parser, args.configs, args.sizes, CONFIGS)
         setup_shop()
         costs = compare(configs, sizes, run_server, args.jobs)
         print("\n".join(report(costs)))

@@ -124,6 +124,21 @@ def compare(configs: Sequence[str], sizes: Sequence[int], run: Runner, jobs: int
     return {config: per_scope(collected[config]) for config in wanted}
 
 
+def compare_args(
+    parser: argparse.ArgumentParser, configs_text: str, sizes_text: str, known: Sequence[str]
+) -> tuple[list[str], list[int]]:
+    """`--configs` (names separated by `;`: a name may hold a comma) and `--sizes` (two different numbers),
+    checked against `known`; a bad value is the parser's usage error."""
+    configs = [config.strip() for config in configs_text.split(";") if config.strip()]
+    sizes = [int(size) for size in sizes_text.split(",")]
+    unknown = sorted(set(configs) - set(known))
+    if unknown:
+        parser.error(f"unknown configuration {unknown}; choose from {'; '.join(known)}")
+    if len(set(sizes)) != 2:
+        parser.error("--sizes: two different sizes")
+    return configs, sizes
+
+
 def main(argv: list[str]) -> int:
     from per_span import CONFIGS
 
@@ -141,11 +156,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("scopes", nargs="?", type=int, help="scopes to run after the warm-up")
     args = parser.parse_args(argv)
     if args.compare:
-        configs = [config.strip() for config in args.configs.split(";") if config.strip()]
-        sizes = [int(size) for size in args.sizes.split(",")]
-        unknown = sorted(set(configs) - set(CONFIGS))
-        if unknown or len(set(sizes)) != 2:
-            parser.error(f"unknown configuration {unknown}" if unknown else "--sizes: two different sizes")
+        configs, sizes = compare_args(parser, args.configs, args.sizes, list(CONFIGS))
         costs = compare(configs, sizes, valgrind_runner(warm_up=args.warm_up), args.jobs)
         print("\n".join(report(costs)))
         return 0

@@ -789,24 +789,32 @@ count_http(PyObject *tally, PyObject *span, PyObject *facts, long long start_ns,
     return call_tally(tally, s_add, k_slot_calls_ns, end_ns - start_ns, end_ns, 1);
 }
 
-/* A per-system limit (an int from the budgets file, or a float: `inf`, ns) as a double: 1, or 0 for anything
- * else or an int too big to be exact (the caller then leaves the comparison to the Python). */
+/* `obj` as a double when that is exact (a float, or an int within 2**53): then comparing doubles is what
+ * Python's exact int/float comparison gives. 0: not such a number (compared through Python). */
 static int
-limit_of(PyObject *limit, double *out)
+exact_double(PyObject *obj, double *out)
 {
-    if (PyFloat_CheckExact(limit)) {
-        *out = PyFloat_AS_DOUBLE(limit);
-        return !isnan(*out);
+    if (PyFloat_CheckExact(obj)) {
+        *out = PyFloat_AS_DOUBLE(obj);
+        return 1;
     }
-    if (PyLong_CheckExact(limit)) {
+    if (PyLong_CheckExact(obj)) {
         int overflow = 0;
-        long long value = PyLong_AsLongLongAndOverflow(limit, &overflow);
+        long long value = PyLong_AsLongLongAndOverflow(obj, &overflow);
         if (overflow || value > (1LL << 53) || value < -(1LL << 53))
             return 0;
         *out = (double)value;
         return 1;
     }
     return 0;
+}
+
+/* A per-system limit (an int from the budgets file, or a float: `inf`, ns) as an exact double: 1, or 0 for
+ * NaN, an int too big to be exact, or anything else (the caller then leaves the comparison to the Python). */
+static int
+limit_of(PyObject *limit, double *out)
+{
+    return exact_double(limit, out) && !isnan(*out);
 }
 
 /* One span of the batch; 0 on success or skip, -1 on an error that propagates. */
@@ -1186,26 +1194,6 @@ failed:
 }
 
 /* -- aggregate(states, values, slots, recorded): `_metrics.aggregate_values` compiled --------------------- */
-
-/* `obj` as a double when that is exact (a float, or an int within 2**53): then comparing doubles is what
- * Python's exact int/float comparison gives. 0: not such a number (compared through Python). */
-static int
-exact_double(PyObject *obj, double *out)
-{
-    if (PyFloat_CheckExact(obj)) {
-        *out = PyFloat_AS_DOUBLE(obj);
-        return 1;
-    }
-    if (PyLong_CheckExact(obj)) {
-        int overflow = 0;
-        long long value = PyLong_AsLongLongAndOverflow(obj, &overflow);
-        if (overflow || value > (1LL << 53) || value < -(1LL << 53))
-            return 0;
-        *out = (double)value;
-        return 1;
-    }
-    return 0;
-}
 
 /* `a < b`: 1, 0, or -1 on error. */
 static int

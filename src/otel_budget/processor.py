@@ -398,16 +398,18 @@ class BudgetSpanProcessor(SpanProcessor):
         """Find the rule for `scope`; for a request, final once the framework has set `http.route`."""
         name: str | None = scope.name
         method = None
+        final = True
         if scope.kind is _HTTP and scope.span is not None:
             attributes = _attributes(scope.span)
             method = first(attributes, _HTTP_METHOD)
             name = scope.route or self._route(scope, attributes)
-            scope.rule_final = name is not None
-        else:
-            scope.rule_final = True
+            final = name is not None
         rule = self.rule_for(
             scope.kind, name, method if method is None or type(method) is str else str(method), scope.code_limits
         )
+        # Final only once its rule was found: a rule that cannot be built (a limit that is not a number, put
+        # in by code) is tried again, last at the scope's end, which then leaves the span without budgets.
+        scope.rule_final = final
         current = scope.rule
         if rule is current:  # the usual case: the rule cache hands back the same object
             return
