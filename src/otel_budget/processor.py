@@ -354,12 +354,18 @@ class BudgetSpanProcessor(SpanProcessor):
     def _unrouted_child(self, scope: ScopeTally, span_id: int, span: Span) -> None:
         """A span started in a request with no route yet: the route may be on the scope span by now (Django
         under WSGI: resolved once, so later spans skip this), or this may be the framework's own span."""
-        if scope.span is not None and _attributes(scope.span).get(_HTTP_ROUTE) is not None:
-            self._resolve(scope, _times(span)[0] or time.time_ns())
+        if self._resolve_if_routed(scope, _times(span)[0] or time.time_ns()):
             return
         kind = _kind_of(span)
         if kind is _INTERNAL or kind is _SERVER:
             self._watch_route(scope, span_id, span)
+
+    def _resolve_if_routed(self, scope: ScopeTally, now_ns: int) -> bool:
+        """The request's own span has its route by now (set after it started): its rule resolved; True if so."""
+        if scope.span is not None and _attributes(scope.span).get(_HTTP_ROUTE) is not None:
+            self._resolve(scope, now_ns)
+            return True
+        return False
 
     def _watch_route(self, scope: ScopeTally, span_id: int, span: Span) -> None:
         """A SERVER/INTERNAL span inside a request with no route yet: the framework's own span may carry it
@@ -652,7 +658,7 @@ def _untimed(span: ReadableSpan, slot: int, key: int, describe: Callable[[], Map
         owner = processor._spans.get(span_id) if processor is not None else None
         if processor is not None and owner is not None and not owner.closed:
             now_ns = time.time_ns()
-            if not owner.rule_final and owner.span is not None and _attributes(owner.span).get(_HTTP_ROUTE) is not None:
-                processor._resolve(owner, now_ns)  # routed since its last span started (a driver's first check)
+            if not owner.rule_final:  # routed since its last span started (a driver's first check)
+                processor._resolve_if_routed(owner, now_ns)
             owner.add_untimed(slot, key, describe, now_ns)
             return
