@@ -33,6 +33,7 @@ CONFIGS = {
 
 def measure(name: str, scopes: int) -> dict[str, float]:
     import per_span
+    from otel_budget._pipeline import members
 
     if "os.pread" in name:
         from otel_budget import _probes
@@ -40,7 +41,7 @@ def measure(name: str, scopes: int) -> dict[str, float]:
         _probes._pread = None  # noqa: SLF001 - rss_bytes falls back to os.pread
     provider, _ = per_span.make_provider(CONFIGS[name])
     tracer = provider.get_tracer("bench")
-    queue = provider._active_span_processor._span_processors[0]._batch_processor._queue  # noqa: SLF001
+    queue = members(provider._active_span_processor)[0]._batch_processor._queue  # noqa: SLF001
     for _ in range(300):
         per_span.one_scope(tracer)
     gc.collect()

@@ -42,6 +42,8 @@ def _varied_scope(tracer: Any, index: int) -> None:
 def growth_worker(config: str, scopes: int, checkpoints: list[int]) -> dict[str, Any]:
     from per_span import make_provider
 
+    from otel_budget._pipeline import members
+
     provider, meter_provider = make_provider(config)
     tracer = provider.get_tracer("bench")
     rss: dict[int, float] = {}
@@ -54,7 +56,7 @@ def growth_worker(config: str, scopes: int, checkpoints: list[int]) -> dict[str,
         if index in checkpoints:
             gc.collect()
             rss[index] = round(_rss_mib(), 2)
-    processor = next((p for p in provider._active_span_processor._span_processors if hasattr(p, "open_scopes")), None)
+    processor = next((p for p in members(provider._active_span_processor) if hasattr(p, "open_scopes")), None)  # noqa: SLF001
     left = {"open_scopes": processor.open_scopes, "open_spans": len(processor._spans)} if processor else {}
     provider.shutdown()
     meter_provider.shutdown()

@@ -28,6 +28,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor  # noqa: E402
 from opentelemetry.trace import SpanKind, Tracer  # noqa: E402
 
 from otel_budget import BudgetSpanProcessor  # noqa: E402
+from otel_budget._pipeline import fuse  # noqa: E402
 
 SPANS_PER_SCOPE = 1 + len(DB_STATEMENTS)
 _SERVER = SpanKind.SERVER
@@ -89,6 +90,8 @@ CONFIGS: dict[str, Factory] = {
     "otel+budget,dashboard-metrics": lambda meters: BudgetSpanProcessor(
         meter_provider=meters, record_metrics=DASHBOARD_METRICS
     ),
+    # as before the pipeline (issue 14, fourth pass): our processor called by the SDK's loop beside the exporter's
+    "ref: otel+budget,no-metrics,unfused": lambda meters: BudgetSpanProcessor(record_metrics=False),
     "ref: otel+noop-processor": lambda meters: NoopProcessor(),
     "ref: otel+c-noop-processor": lambda meters: c_noop_processor(),
     "ref: otel+map-only-processor": lambda meters: MapOnlyProcessor(),
@@ -139,6 +142,8 @@ def make_provider(config: str) -> tuple[TracerProvider, MeterProvider]:
     processor = CONFIGS[config](meter_provider)
     if processor is not None:
         provider.add_span_processor(processor)
+        if not config.endswith(",unfused"):
+            fuse(provider)  # as `otel_budget.install` does (a processor that is not ours is left as it is)
     return provider, meter_provider
 
 

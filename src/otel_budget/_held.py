@@ -16,6 +16,8 @@ from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 from opentelemetry.trace import SpanContext, TraceFlags
 
+from otel_budget._pipeline import members
+
 if TYPE_CHECKING:
     from otel_budget.tally import ScopeTally
 
@@ -95,8 +97,7 @@ class HeldSpans:
 
 def _exporting(pipeline: Any) -> list[SpanProcessor]:
     """The SDK's exporting processors (batch, simple) among the provider's span processors."""
-    processors = getattr(pipeline, "_span_processors", ())  # SDK 1.45's multi-processors: a tuple
-    return [processor for processor in processors if isinstance(processor, _EXPORTING)]
+    return [processor for processor in members(pipeline) if isinstance(processor, _EXPORTING)]
 
 
 def sampled_copy(span: ReadableSpan) -> ReadableSpan:

@@ -556,6 +556,180 @@ static PyTypeObject FastPathType = {
     .tp_methods = FastPath_methods,
 };
 
+/* -- Pipeline: the provider's span processors called as one ------------------------------------------------
+ *
+ * `_pipeline.fuse` puts one of these in place of the processors of the provider's
+ * SynchronousMultiSpanProcessor: the SDK's Python loop then makes one call per hook instead of one per
+ * processor. Per member it calls the hook given (a bound method), skips the hooks given as None (a method
+ * whose body is `pass`: the batch and simple processors' `on_start`/`_on_ending`), and runs a
+ * `BudgetSpanProcessor`'s compiled path in place. Members are called in their order, as the SDK does, and
+ * an exception from one propagates as it would from the SDK's loop (ours never raise: see `hand_over`). */
+typedef struct {
+    PyObject_HEAD
+    PyObject *processors; /* tuple: the members, in the provider's order */
+    PyObject *starts;     /* tuple: per member, its on_start (bound) or None: nothing to call */
+    PyObject *endings;    /* tuple: the same for _on_ending */
+    PyObject *ends;       /* tuple: the same for on_end */
+    PyObject *fast;       /* tuple: per member, its FastPath (a compiled BudgetSpanProcessor) or None */
+} Pipeline;
+
+static int
+Pipeline_traverse(Pipeline *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->processors);
+    Py_VISIT(self->starts);
+    Py_VISIT(self->endings);
+    Py_VISIT(self->ends);
+    Py_VISIT(self->fast);
+    return 0;
+}
+
+static int
+Pipeline_clear(Pipeline *self)
+{
+    Py_CLEAR(self->processors);
+    Py_CLEAR(self->starts);
+    Py_CLEAR(self->endings);
+    Py_CLEAR(self->ends);
+    Py_CLEAR(self->fast);
+    return 0;
+}
+
+static void
+Pipeline_dealloc(Pipeline *self)
+{
+    PyObject_GC_UnTrack(self);
+    Pipeline_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int
+Pipeline_init(Pipeline *self, PyObject *args, PyObject *kwargs)
+{
+    static char *keywords[] = {"processors", "starts", "endings", "ends", "fast", NULL};
+    PyObject *processors, *starts, *endings, *ends, *fast;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!O!O!O!O!:Pipeline", keywords, &PyTuple_Type, &processors,
+                                     &PyTuple_Type, &starts, &PyTuple_Type, &endings, &PyTuple_Type, &ends,
+                                     &PyTuple_Type, &fast))
+        return -1;
+    Py_ssize_t n = PyTuple_GET_SIZE(processors);
+    PyObject *columns[] = {starts, endings, ends, fast};
+    for (int c = 0; c < 4; c++) {
+        if (PyTuple_GET_SIZE(columns[c]) != n) {
+            PyErr_SetString(PyExc_ValueError, "Pipeline: one hook and one fast path (or None) per processor");
+            return -1;
+        }
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *path = PyTuple_GET_ITEM(fast, i);
+        if (path != Py_None && !PyObject_TypeCheck(path, &FastPathType)) {
+            PyErr_Format(PyExc_TypeError, "Pipeline: fast[%zd] is %.100s, not a FastPath or None", i,
+                         Py_TYPE(path)->tp_name);
+            return -1;
+        }
+    }
+    Py_XSETREF(self->processors, Py_NewRef(processors));
+    Py_XSETREF(self->starts, Py_NewRef(starts));
+    Py_XSETREF(self->endings, Py_NewRef(endings));
+    Py_XSETREF(self->ends, Py_NewRef(ends));
+    Py_XSETREF(self->fast, Py_NewRef(fast));
+    return 0;
+}
+
+/* Not yet initialised (a subclass's __init__ that did not call ours): nothing to call. */
+#define PIPELINE_READY(self) ((self)->processors != NULL && (self)->fast != NULL)
+
+static PyObject *
+Pipeline_on_start(Pipeline *self, PyObject *const *args, Py_ssize_t nargsf, PyObject *kwnames)
+{
+    if (!PIPELINE_READY(self))
+        Py_RETURN_NONE;
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    Py_ssize_t n = PyTuple_GET_SIZE(self->processors);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *path = PyTuple_GET_ITEM(self->fast, i);
+        PyObject *result;
+        if (path != Py_None)
+            result = FastPath_on_start((FastPath *)path, args, nargs, kwnames);
+        else {
+            PyObject *hook = PyTuple_GET_ITEM(self->starts, i);
+            if (hook == Py_None)
+                continue;
+            result = PyObject_Vectorcall(hook, args, nargs, kwnames);
+        }
+        if (result == NULL)
+            return NULL;
+        Py_DECREF(result);
+    }
+    Py_RETURN_NONE;
+}
+
+/* _on_ending and on_end: one argument, the span. */
+static PyObject *
+pipeline_each(Pipeline *self, PyObject *hooks, PyObject *(*compiled)(FastPath *, PyObject *), PyObject *span)
+{
+    Py_ssize_t n = PyTuple_GET_SIZE(self->processors);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *path = PyTuple_GET_ITEM(self->fast, i);
+        PyObject *result;
+        if (path != Py_None)
+            result = compiled((FastPath *)path, span);
+        else {
+            PyObject *hook = PyTuple_GET_ITEM(hooks, i);
+            if (hook == Py_None)
+                continue;
+            result = PyObject_Vectorcall(hook, &span, 1, NULL);
+        }
+        if (result == NULL)
+            return NULL;
+        Py_DECREF(result);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Pipeline_on_ending(Pipeline *self, PyObject *span)
+{
+    if (!PIPELINE_READY(self))
+        Py_RETURN_NONE;
+    return pipeline_each(self, self->endings, FastPath_on_ending, span);
+}
+
+static PyObject *
+Pipeline_on_end(Pipeline *self, PyObject *span)
+{
+    if (!PIPELINE_READY(self))
+        Py_RETURN_NONE;
+    return pipeline_each(self, self->ends, FastPath_on_end, span);
+}
+
+static PyMethodDef Pipeline_methods[] = {
+    {"on_start", (PyCFunction)(void (*)(void))Pipeline_on_start, METH_FASTCALL | METH_KEYWORDS,
+     "Every member's on_start, in order (the no-op ones skipped)."},
+    {"_on_ending", (PyCFunction)Pipeline_on_ending, METH_O, "Every member's _on_ending, in order (the no-op ones skipped)."},
+    {"on_end", (PyCFunction)Pipeline_on_end, METH_O, "Every member's on_end, in order (the no-op ones skipped)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef Pipeline_members[] = {
+    {"processors", T_OBJECT, offsetof(Pipeline, processors), READONLY, "The members, in the provider's order."},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyTypeObject PipelineType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "otel_budget._speedups.Pipeline",
+    .tp_basicsize = sizeof(Pipeline),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE,
+    .tp_doc = "A provider's span processors called as one (see _pipeline.py).",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Pipeline_init,
+    .tp_traverse = (traverseproc)Pipeline_traverse,
+    .tp_clear = (inquiry)Pipeline_clear,
+    .tp_dealloc = (destructor)Pipeline_dealloc,
+    .tp_methods = Pipeline_methods,
+    .tp_members = Pipeline_members,
+};
+
 /* -- count(tally, batch): tally.count_python's loop ---------------------------------------------------- */
 typedef struct {
     long long queries, db_ns, max_repeat, repeated_ns, key_ns;
@@ -1525,12 +1699,20 @@ PyInit__speedups(void)
     INTERN(k_other, "other");
     if (PyType_Ready(&FastPathType) < 0)
         return NULL;
+    if (PyType_Ready(&PipelineType) < 0)
+        return NULL;
     PyObject *module = PyModule_Create(&speedups_module);
     if (module == NULL)
         return NULL;
     Py_INCREF(&FastPathType);
     if (PyModule_AddObject(module, "FastPath", (PyObject *)&FastPathType) < 0) {
         Py_DECREF(&FastPathType);
+        Py_DECREF(module);
+        return NULL;
+    }
+    Py_INCREF(&PipelineType);
+    if (PyModule_AddObject(module, "Pipeline", (PyObject *)&PipelineType) < 0) {
+        Py_DECREF(&PipelineType);
         Py_DECREF(module);
         return NULL;
     }

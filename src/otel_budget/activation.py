@@ -12,6 +12,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 
 from otel_budget import names
+from otel_budget._pipeline import fuse
 from otel_budget.config import BudgetConfig, ConfigError, load_config
 from otel_budget.killed import watch_celery
 from otel_budget.processor import BudgetSpanProcessor
@@ -133,6 +134,7 @@ def _add_processor(
     options.setdefault("memory_study", settings.memory_study)
     processor = BudgetSpanProcessor(config=config, config_error=error, **options)
     provider.add_span_processor(processor)
+    fuse(provider)  # the SDK then calls one processor per hook, ours compiled in it (_pipeline.py)
     if options["sampling"] == names.SAMPLING_ALL and not wrap_sampler(provider, processor.tally_for):
         logger.warning("otel-budget: the sampler of %r cannot be wrapped; only sampled scopes are tallied", provider)
     setattr(provider, "_otel_budget_processor", processor)  # noqa: B010 - marks the provider as done

@@ -178,10 +178,16 @@ def test_threads_recording_while_a_reader_collects_lose_nothing() -> None:
             total[3], total[4] = min(total[3], point.min), max(total[4], point.max)
 
     go = threading.Barrier(len(scopes) + 1)
+    # Halfway every worker waits for one collection to be done: however fast they record (the compiled
+    # aggregation can finish a worker's 1000 scopes before the main thread runs again), the reader collects
+    # at least twice between their first and last record.
+    halfway = threading.Barrier(len(scopes) + 1)
 
     def work(mine: list[ScopeResult]) -> None:
         go.wait()
-        for scope in mine:
+        for n, scope in enumerate(mine):
+            if n == len(mine) // 2:
+                halfway.wait()
             ours.record(scope)
 
     threads = [threading.Thread(target=work, args=(mine,)) for mine in scopes]
@@ -191,10 +197,10 @@ def test_threads_recording_while_a_reader_collects_lose_nothing() -> None:
         for thread in threads:
             thread.start()
         go.wait()
-        collections = 0
+        add(points(reader))  # while the first halves are recorded
+        halfway.wait()
         while any(thread.is_alive() for thread in threads):
             add(points(reader))
-            collections += 1
         for thread in threads:
             thread.join()
     finally:
@@ -207,7 +213,7 @@ def test_threads_recording_while_a_reader_collects_lose_nothing() -> None:
         key: [point.count, point.sum, list(point.bucket_counts), point.min, point.max]
         for key, (_, point) in points(reference_reader).items()
     }
-    assert collections > 1 and totals == want
+    assert totals == want
     assert sum(total[0] for key, total in totals.items() if key[0] == "budget.db.queries") == sum(
         "db.queries" in scope.values for mine in scopes for scope in mine
     )

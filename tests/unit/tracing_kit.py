@@ -11,6 +11,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, Tracer
 
 from otel_budget import BudgetSpanProcessor, ScopeResult
+from otel_budget._pipeline import fuse
 from otel_budget.config import BudgetConfig, parse_config
 
 __all__ = ["Tracing", "make_tracing"]
@@ -87,6 +88,7 @@ def make_tracing(config: BudgetConfig | dict[str, Any] | None = None, *, batch: 
     options.setdefault("record_metrics", False)
     processor = BudgetSpanProcessor(config=config, **options)
     provider.add_span_processor(processor)
+    fuse(provider)  # as `install` does: on the compiled path both processors are called as one (_pipeline.py)
     tracing = Tracing(provider, exporter, processor)
     processor.add_listener(tracing.results.append)
     return tracing
