@@ -91,13 +91,17 @@ if _speedups is not None:
                 processor.shutdown()
 
         def force_flush(self, timeout_millis: int = 30000) -> bool:
-            """As the SDK's loop: each member in turn within what is left of `timeout_millis`."""
+            """As the SDK's loop: each member in turn within what is left of `timeout_millis`; False once the
+            time is up, or when any member did not flush (the later ones are still flushed)."""
             deadline_ns = time.time_ns() + timeout_millis * 1_000_000
+            all_flushed = True
             for processor in self.processors:
-                left_ns = deadline_ns - time.time_ns()
-                if left_ns <= 0 or not processor.force_flush((left_ns + 999_999) // 1_000_000):
+                now_ns = time.time_ns()
+                if now_ns >= deadline_ns:
                     return False
-            return True
+                if not processor.force_flush((deadline_ns - now_ns) // 1_000_000):
+                    all_flushed = False
+            return all_flushed
 
         def __repr__(self) -> str:
             return f"Pipeline({list(self.processors)!r})"

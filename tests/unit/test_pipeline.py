@@ -20,10 +20,11 @@ COMPILED = _COMPILED is not None
 class Recorder(SpanProcessor):
     """Writes down every hook it gets, into a log shared with the other recorders."""
 
-    def __init__(self, name: str, log: list[tuple[str, str, str]], fail_on_end: bool = False) -> None:
+    def __init__(self, name: str, log: list[tuple[str, str, str]], fail_on_end: bool = False, flushes: bool = True) -> None:
         self.name = name
         self.log = log
         self.fail_on_end = fail_on_end
+        self.flushes = flushes
         self.flushed: list[int] = []
         self.shut = False
 
@@ -43,7 +44,7 @@ class Recorder(SpanProcessor):
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         self.flushed.append(timeout_millis)
-        return True
+        return self.flushes
 
 
 def provider_with(*before: SpanProcessor, fused_: bool = True) -> tuple[TracerProvider, InMemorySpanExporter, Any]:
@@ -162,3 +163,13 @@ def test_a_provider_without_our_compiled_processor_is_left_alone() -> None:
     provider.add_span_processor(recorder)
     assert fuse(provider) is False
     assert provider._active_span_processor._span_processors == (recorder,)  # noqa: SLF001
+
+
+def test_a_member_that_does_not_flush_makes_the_flush_false_and_the_later_ones_still_flush() -> None:
+    outcomes = []
+    for fused_ in (True, False):
+        log: list[tuple[str, str, str]] = []
+        stuck, later = Recorder("stuck", log, flushes=False), Recorder("later", log)
+        provider, _, _ = provider_with(stuck, later, fused_=fused_)  # both inside the pipeline when fused
+        outcomes.append((provider.force_flush(10_000), len(stuck.flushed), len(later.flushed)))
+    assert outcomes == [(False, 1, 1)] * 2
