@@ -33,9 +33,11 @@ def _sql_tokens(*, double_quoted_strings: bool, backslash_escapes: bool, hash_co
         tokens.append(r"\#(?P<c3>[^\n]*)")
     if cql:
         tokens.append(r"/(?P<c4>/[^\n]*)")
-    tokens.append(r"`(?P<n1>[A-Za-z_][\w$]*`)")  # identifier-like quoted names are the shape: kept
+    # Identifier-like quoted names are the shape: kept; not when a doubled quote follows (`"A"""` is one
+    # quoted text holding a quote, read whole below).
+    tokens.append(r"`(?P<n1>[A-Za-z_][\w$]*`)(?!`)")
     if not double_quoted_strings:
-        tokens.append(r'"(?P<n2>[A-Za-z_][\w$]*")')
+        tokens.append(r'"(?P<n2>[A-Za-z_][\w$]*")(?!")')
     if not backslash_escapes and not cql:
         tokens.append(r"[Ee](?<![\w$][Ee])'[^'\\]*(?:(?:\\.|'')[^'\\]*)*(?:'|\Z)")  # PostgreSQL's E'...' escapes
     tokens += [

@@ -313,3 +313,19 @@ def test_no_literal_survives_in_any_dialect(data: st.DataObject) -> None:
         expected += re.escape(clause) + (f"(?:\\?|{re.escape(literal)})" if may_stay else "\\?")
     normalised = normalize_sql(statement, system)
     assert re.fullmatch(expected, normalised), (system, statement, normalised)
+
+
+@pytest.mark.parametrize(
+    ("system", "statement"),
+    [
+        ("cockroachdb", 'SELECT c FROM t WHERE c0 = "A"""'),  # found by the property test above
+        ("postgresql", 'SELECT "A""" FROM t'),
+        ("mysql", "SELECT c FROM t WHERE c0 = `A```"),
+        ("clickhouse", 'SELECT c FROM t WHERE c0 = "A"""'),
+    ],
+)
+def test_a_quoted_name_followed_by_a_doubled_quote_is_read_as_one_text(system: str, statement: str) -> None:
+    # `"A"""` is one quoted text holding a quote, not the name `"A"` and then an empty `""`.
+    normalised = normalize_sql(statement, system)
+    assert '"' not in normalised and "`" not in normalised, normalised
+    assert normalised.count("?") == 1, normalised
