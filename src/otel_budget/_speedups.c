@@ -27,6 +27,8 @@ static PyObject *k_db_system_new, *k_db_system_old, *k_query_new, *k_query_old, 
 static PyObject *k_sql_caches;     /* normalize.SQL_CACHES: system -> {statement: key} */
 static PyObject *k_not_query;      /* names.NOT_QUERY_SPANS */
 static PyObject *k_other;          /* "other" */
+static PyObject *one;              /* 1 */
+static PyObject *no_system_limits; /* tally._NO_SYSTEM_LIMITS: the empty per-system limits most scopes share */
 static PyObject *f_statement_key, *f_layered, *f_failed, *f_on_start, *f_on_ending, *f_on_end;
 static PyObject *k_globals;        /* processor.py's globals: `_ON_ENDING_FROZEN` is read there per call */
 static PyObject *k_slot_db_queries, *k_slot_db_ns, *k_slot_repeats, *k_slot_repeated_ns, *k_slot_calls, *k_slot_calls_ns;
@@ -38,7 +40,7 @@ static int configured = 0;
 static PyObject *s_parent, *s_attributes, *s_dict, *s_context, *s_kind, *s_start_time, *s_end_time, *s_name;
 static PyObject *s_spans, *s_closed, *s_open_spans, *s_rule_final, *s_adopt, *s_unrouted_child, *s_span_id;
 static PyObject *s_held, *s_pending, *s_resolve, *s_drain, *s_counts, *s_limits, *s_systems, *s_statements;
-static PyObject *s_statement_ns, *s_lim_systems, *s_last_db, *s_last_http, *s_max_statement, *s_cross;
+static PyObject *s_lim_systems, *s_last_db, *s_last_db_start, *s_last_http, *s_last_http_start, *s_max_statement, *s_cross;
 static PyObject *s_cross_system, *s_add, *s_on_ending_frozen, *s_public_attributes;
 
 static const char MSG_ON_START[] = "otel-budget: on_start failed; this span is not counted";
@@ -110,8 +112,8 @@ time_of(PyObject *value, int *error)
  * is a ScopeTally itself; anything else goes through getattr/setattr. Offsets are found by `configure`. */
 static PyTypeObject *tally_type;
 static Py_ssize_t o_closed = -1, o_open_spans = -1, o_rule_final = -1, o_span_id = -1, o_held = -1, o_pending = -1;
-static Py_ssize_t o_counts = -1, o_limits = -1, o_systems = -1, o_statements = -1, o_statement_ns = -1;
-static Py_ssize_t o_lim_systems = -1, o_last_db = -1, o_last_http = -1, o_max_statement = -1;
+static Py_ssize_t o_counts = -1, o_limits = -1, o_systems = -1, o_statements = -1, o_lim_systems = -1;
+static Py_ssize_t o_last_db = -1, o_last_db_start = -1, o_last_http = -1, o_last_http_start = -1, o_max_statement = -1;
 
 static PyObject *
 get_slot(PyObject *obj, PyObject *name, Py_ssize_t offset)
@@ -172,7 +174,7 @@ first_truthy(PyObject *attributes, PyObject *a, PyObject *b, int *error)
         return NULL;
     }
     if (value != NULL) {
-        int truth = PyObject_IsTrue(value);
+        int truth = PyUnicode_CheckExact(value) ? PyUnicode_GET_LENGTH(value) != 0 : PyObject_IsTrue(value);
         if (truth < 0) {
             *error = 1;
             return NULL;
@@ -186,7 +188,7 @@ first_truthy(PyObject *attributes, PyObject *a, PyObject *b, int *error)
             *error = 1;
         return NULL;
     }
-    int truth = PyObject_IsTrue(value);
+    int truth = PyUnicode_CheckExact(value) ? PyUnicode_GET_LENGTH(value) != 0 : PyObject_IsTrue(value);
     if (truth < 0) {
         *error = 1;
         return NULL;
@@ -783,11 +785,11 @@ call_tally(PyObject *tally, PyObject *method, PyObject *slot, long long amount, 
     return done == NULL ? -1 : 0;
 }
 
-/* layered(span, facts, last) with `last` a facts tuple; 1, 0, or -1. */
+/* tally.layered_spans(span, last): `span` is an outer layer of `last`, the span counted before it; 1, 0, or -1. */
 static int
-layered(PyObject *span, PyObject *facts, PyObject *last)
+layered(PyObject *span, PyObject *last)
 {
-    PyObject *found = PyObject_CallFunctionObjArgs(f_layered, span, facts, last, NULL);
+    PyObject *found = PyObject_CallFunctionObjArgs(f_layered, span, last, NULL);
     if (found == NULL)
         return -1;
     int truth = PyObject_IsTrue(found);
@@ -795,89 +797,53 @@ layered(PyObject *span, PyObject *facts, PyObject *last)
     return truth;
 }
 
-/* The facts tuple of tally.py (attributes, start, end, name, parent id or 0, span id), new reference. */
-static PyObject *
-facts_of(PyObject *span, PyObject *attributes, PyObject *start, PyObject *end, PyObject *name)
+/* The start of the last span counted (its `last_*_start` slot, `None` before it started) is at or after
+ * `start_ns`: the span now counted may be an outer layer of it. 1, 0, or -1. */
+static int
+started_before_last(PyObject *last, PyObject *last_start, long long start_ns)
 {
-    PyObject *parent = PyObject_GetAttr(span, s_parent);
-    if (parent == NULL)
-        return NULL;
-    PyObject *parent_id;
-    if (parent == Py_None) {
-        parent_id = PyLong_FromLong(0);
-    } else {
-        parent_id = span_id_in(parent);
-    }
-    Py_DECREF(parent);
-    PyObject *span_id = parent_id != NULL ? span_id_of(span) : NULL;
-    if (span_id == NULL) {
-        Py_XDECREF(parent_id);
-        return NULL;
-    }
-    PyObject *facts = PyTuple_New(6);
-    if (facts == NULL) {
-        Py_DECREF(parent_id);
-        Py_DECREF(span_id);
-        return NULL;
-    }
-    Py_INCREF(attributes);
-    Py_INCREF(start);
-    Py_INCREF(end);
-    Py_INCREF(name);
-    PyTuple_SET_ITEM(facts, 0, attributes);
-    PyTuple_SET_ITEM(facts, 1, start);
-    PyTuple_SET_ITEM(facts, 2, end);
-    PyTuple_SET_ITEM(facts, 3, name);
-    PyTuple_SET_ITEM(facts, 4, parent_id);
-    PyTuple_SET_ITEM(facts, 5, span_id);
-    return facts;
-}
-
-/* `last[1] or 0`: the start of the last span counted (its times passed `time_of` when it was counted). */
-static long long
-start_of(PyObject *last)
-{
+    if (last == Py_None)
+        return 0;
     int error = 0;
-    long long found = PyTuple_Check(last) && PyTuple_GET_SIZE(last) > 1 ? time_of(PyTuple_GET_ITEM(last, 1), &error) : 0;
-    if (error)
-        PyErr_Clear();
-    return found;
+    long long found = time_of(last_start, &error);
+    return error ? -1 : start_ns <= found;
 }
 
-/* statements[key] += 1 (or = 1 while there is room), statement_ns likewise; the repeats, or -1 on error. */
+/* statements[key] = [executions, ns]: one more execution of `ns` (a new key only while there is room);
+ * the executions, or -1 on error. `*key_ns` is the statement's time when it is remembered. */
 static long long
-count_statement(PyObject *statements, PyObject *statement_ns, PyObject *key, long long ns, long long *key_ns)
+count_statement(PyObject *statements, PyObject *key, long long ns, long long *key_ns)
 {
     PyObject *seen = PyDict_GetItemWithError(statements, key);
-    if (seen == NULL && PyErr_Occurred())
-        return -1;
-    int error = 0;
-    long long repeats = (seen != NULL ? int_of(seen, "a count", &error) : 0) + 1;
-    if (error)
-        return -1;
-    if (repeats > 1 || PyDict_GET_SIZE(statements) < max_statements) {
-        long long total = ns;
-        if (repeats > 1) {
-            PyObject *before = PyDict_GetItemWithError(statement_ns, key);
-            if (before == NULL) {
-                if (!PyErr_Occurred())
-                    PyErr_SetObject(PyExc_KeyError, key);
-                return -1;
-            }
-            total += int_of(before, "a time", &error);
-            if (error)
-                return -1;
-        }
-        PyObject *count = PyLong_FromLongLong(repeats);
-        PyObject *time = PyLong_FromLongLong(total);
-        int failed = count == NULL || time == NULL || PyDict_SetItem(statements, key, count) < 0 ||
-                     PyDict_SetItem(statement_ns, key, time) < 0;
-        Py_XDECREF(count);
-        Py_XDECREF(time);
-        if (failed)
+    if (seen == NULL) {
+        if (PyErr_Occurred())
             return -1;
-        *key_ns = total;
+        if (PyDict_GET_SIZE(statements) >= max_statements)
+            return 1;
+        PyObject *entry = PyList_New(2);
+        PyObject *time = entry != NULL ? PyLong_FromLongLong(ns) : NULL;
+        if (time == NULL) {
+            Py_XDECREF(entry);
+            return -1;
+        }
+        PyList_SET_ITEM(entry, 0, Py_NewRef(one));
+        PyList_SET_ITEM(entry, 1, time);
+        int failed = PyDict_SetItem(statements, key, entry);
+        Py_DECREF(entry);
+        if (failed < 0)
+            return -1;
+        *key_ns = ns;
+        return 1;
     }
+    if (!PyList_CheckExact(seen) || PyList_GET_SIZE(seen) != 2) {
+        PyErr_SetString(PyExc_TypeError, "a statement's tally is not [executions, ns]");
+        return -1;
+    }
+    int error = 0;
+    long long repeats = count_at(seen, 0, &error) + 1, total = count_at(seen, 1, &error) + ns;
+    if (error || set_count(seen, 0, repeats) < 0 || set_count(seen, 1, total) < 0)
+        return -1;
+    *key_ns = total;
     return repeats;
 }
 
@@ -943,21 +909,19 @@ cross(PyObject *tally, PyObject *slot, long long at_ns, double *limit)
 
 /* One HTTP client span (no DB system): counted as an external call unless it is an outer layer. */
 static int
-count_http(PyObject *tally, PyObject *span, PyObject *facts, long long start_ns, long long end_ns)
+count_http(PyObject *tally, PyObject *span, PyObject *start, long long start_ns, long long end_ns)
 {
     PyObject *last = SLOT(tally, last_http);
-    if (last == NULL)
+    PyObject *last_start = last != NULL ? SLOT(tally, last_http_start) : NULL;
+    int outer = last_start == NULL ? -1 : started_before_last(last, last_start, start_ns);
+    if (outer > 0)
+        outer = layered(span, last);
+    Py_XDECREF(last);
+    Py_XDECREF(last_start);
+    if (outer < 0 || SET_SLOT(tally, last_http, span) < 0 || SET_SLOT(tally, last_http_start, start) < 0)
         return -1;
-    if (SET_SLOT(tally, last_http, facts) < 0) {
-        Py_DECREF(last);
-        return -1;
-    }
-    int outer = 0;
-    if (last != Py_None && start_ns <= start_of(last))
-        outer = layered(span, facts, last);
-    Py_DECREF(last);
-    if (outer != 0)
-        return outer < 0 ? -1 : 0; /* an outer layer of the call just counted (requests over urllib3) */
+    if (outer)
+        return 0; /* an outer layer of the call just counted (requests over urllib3) */
     if (call_tally(tally, s_add, k_slot_calls, 1, end_ns, 1) < 0)
         return -1;
     return call_tally(tally, s_add, k_slot_calls_ns, end_ns - start_ns, end_ns, 1);
@@ -991,13 +955,19 @@ limit_of(PyObject *limit, double *out)
     return exact_double(limit, out) && !isnan(*out);
 }
 
+/* The last DB span counted, as `count` carries it from span to span (written back to the tally at the end). */
+typedef struct {
+    PyObject *span;  /* owned; Py_None before the first */
+    PyObject *start; /* owned; its `_start_time` */
+} Last;
+
 /* One span of the batch; 0 on success or skip, -1 on an error that propagates. */
 static int
-count_span(PyObject *tally, PyObject *span, Totals *t, PyObject *systems, PyObject *statements, PyObject *statement_ns,
-           PyObject *lim_systems, PyObject **last_db)
+count_span(PyObject *tally, PyObject *span, Totals *t, PyObject *systems, PyObject *statements, PyObject *lim_systems,
+           Last *last_db)
 {
     int error = 0;
-    PyObject *attributes = NULL, *start = NULL, *end = NULL, *name = NULL, *facts = NULL, *key = NULL;
+    PyObject *attributes = NULL, *start = NULL, *end = NULL, *name = NULL, *key = NULL;
     PyObject *system;
     long long start_ns, end_ns, ns;
     /* The guarded part, as in the Python's `try`: an error here leaves this span out, logged. */
@@ -1009,8 +979,7 @@ count_span(PyObject *tally, PyObject *span, Totals *t, PyObject *systems, PyObje
     start = PyObject_GetAttr(span, s_start_time);
     end = start != NULL ? PyObject_GetAttr(span, s_end_time) : NULL;
     name = end != NULL ? PyObject_GetAttr(span, s_name) : NULL;
-    facts = name != NULL ? facts_of(span, attributes, start, end, name) : NULL;
-    if (facts == NULL)
+    if (name == NULL)
         goto guarded_error;
     end_ns = time_of(end, &error);
     start_ns = error ? 0 : time_of(start, &error);
@@ -1026,23 +995,20 @@ count_span(PyObject *tally, PyObject *span, Totals *t, PyObject *systems, PyObje
         int http = PyDict_Contains(attributes, k_http_new);
         if (http == 0)
             http = PyDict_Contains(attributes, k_http_old);
-        if (http < 0 || (http && count_http(tally, span, facts, start_ns, end_ns) < 0))
+        if (http < 0 || (http && count_http(tally, span, start, start_ns, end_ns) < 0))
             goto guarded_error;
         goto skip;
     }
     /* One round trip, one count: a DB span around the one just counted is an outer layer. */
-    if (*last_db != Py_None && start_ns <= start_of(*last_db)) {
-        int outer = layered(span, facts, *last_db);
-        if (outer < 0)
-            goto guarded_error;
-        if (outer) {
-            Py_SETREF(*last_db, facts);
-            facts = NULL;
-            goto skip;
-        }
-    }
-    Py_INCREF(facts);
-    Py_SETREF(*last_db, facts);
+    int outer = started_before_last(last_db->span, last_db->start, start_ns);
+    if (outer > 0)
+        outer = layered(span, last_db->span);
+    if (outer < 0)
+        goto guarded_error;
+    Py_SETREF(last_db->span, Py_NewRef(span));
+    Py_SETREF(last_db->start, Py_NewRef(start));
+    if (outer)
+        goto skip;
     int not_query = PySet_Contains(k_not_query, name);
     if (not_query < 0)
         goto guarded_error;
@@ -1064,7 +1030,7 @@ count_span(PyObject *tally, PyObject *span, Totals *t, PyObject *systems, PyObje
     if (per_system == NULL)
         goto counted;
     Py_INCREF(per_system);
-    long long repeats = count_statement(statements, statement_ns, key, ns, &t->key_ns);
+    long long repeats = count_statement(statements, key, ns, &t->key_ns);
     if (repeats < 0)
         goto counted_system;
     /* The most repeated statement changes only when a statement's count goes past the highest. */
@@ -1082,7 +1048,7 @@ count_span(PyObject *tally, PyObject *span, Totals *t, PyObject *systems, PyObje
         goto counted_system;
     if ((double)repeats > t->lim_repeat && cross(tally, k_slot_repeats, end_ns, &t->lim_repeat) < 0)
         goto counted_system;
-    int any_budgeted = PyObject_IsTrue(lim_systems);
+    int any_budgeted = lim_systems == no_system_limits ? 0 : PyObject_IsTrue(lim_systems);
     if (any_budgeted < 0)
         goto counted_system;
     if (any_budgeted) {
@@ -1126,7 +1092,6 @@ counted:
     Py_XDECREF(start);
     Py_XDECREF(end);
     Py_XDECREF(name);
-    Py_XDECREF(facts);
     Py_XDECREF(key);
     return failed;
 guarded_error:
@@ -1134,7 +1099,6 @@ guarded_error:
     Py_XDECREF(start);
     Py_XDECREF(end);
     Py_XDECREF(name);
-    Py_XDECREF(facts);
     Py_XDECREF(key);
     return hand_over(MSG_COUNT);
 skip:
@@ -1142,7 +1106,6 @@ skip:
     Py_XDECREF(start);
     Py_XDECREF(end);
     Py_XDECREF(name);
-    Py_XDECREF(facts);
     return 0;
 }
 
@@ -1154,21 +1117,20 @@ speedups_count(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     PyObject *tally = args[0], *batch = args[1];
-    PyObject *counts = NULL, *limits = NULL, *systems = NULL, *statements = NULL, *statement_ns = NULL;
-    PyObject *lim_systems = NULL, *last_db = NULL, *result = NULL;
+    PyObject *counts = NULL, *limits = NULL, *systems = NULL, *statements = NULL, *lim_systems = NULL, *result = NULL;
+    Last last_db = {NULL, NULL};
     int error = 0;
     Totals t = {0};
     counts = SLOT(tally, counts);
     limits = counts != NULL ? SLOT(tally, limits) : NULL;
     systems = limits != NULL ? SLOT(tally, systems) : NULL;
     statements = systems != NULL ? SLOT(tally, statements) : NULL;
-    statement_ns = statements != NULL ? SLOT(tally, statement_ns) : NULL;
-    lim_systems = statement_ns != NULL ? SLOT(tally, lim_systems) : NULL;
-    last_db = lim_systems != NULL ? SLOT(tally, last_db) : NULL;
-    if (last_db == NULL)
+    lim_systems = statements != NULL ? SLOT(tally, lim_systems) : NULL;
+    last_db.span = lim_systems != NULL ? SLOT(tally, last_db) : NULL;
+    last_db.start = last_db.span != NULL ? SLOT(tally, last_db_start) : NULL;
+    if (last_db.start == NULL)
         goto done;
-    if (!PyList_CheckExact(counts) || !PyDict_CheckExact(systems) || !PyDict_CheckExact(statements) ||
-        !PyDict_CheckExact(statement_ns)) {
+    if (!PyList_CheckExact(counts) || !PyDict_CheckExact(systems) || !PyDict_CheckExact(statements)) {
         PyErr_SetString(PyExc_TypeError, "not a ScopeTally");
         goto done;
     }
@@ -1185,14 +1147,14 @@ speedups_count(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(batch); i++) {
         PyObject *span = PyList_GET_ITEM(batch, i);
         Py_INCREF(span);
-        int failed = count_span(tally, span, &t, systems, statements, statement_ns, lim_systems, &last_db);
+        int failed = count_span(tally, span, &t, systems, statements, lim_systems, &last_db);
         Py_DECREF(span);
         if (failed < 0)
             goto done;
     }
     if (set_count(counts, i_db_queries, t.queries) < 0 || set_count(counts, i_db_ns, t.db_ns) < 0 ||
         set_count(counts, i_repeats, t.max_repeat) < 0 || set_count(counts, i_repeated_ns, t.repeated_ns) < 0 ||
-        SET_SLOT(tally, last_db, last_db) < 0)
+        SET_SLOT(tally, last_db, last_db.span) < 0 || SET_SLOT(tally, last_db_start, last_db.start) < 0)
         goto done;
     result = Py_None;
     Py_INCREF(result);
@@ -1201,9 +1163,9 @@ done:
     Py_XDECREF(limits);
     Py_XDECREF(systems);
     Py_XDECREF(statements);
-    Py_XDECREF(statement_ns);
     Py_XDECREF(lim_systems);
-    Py_XDECREF(last_db);
+    Py_XDECREF(last_db.span);
+    Py_XDECREF(last_db.start);
     return result;
 }
 
@@ -1316,6 +1278,7 @@ speedups_configure(PyObject *module, PyObject *config)
         take(config, "layered", &f_layered) < 0 || take(config, "failed", &f_failed) < 0 ||
         take(config, "on_start", &f_on_start) < 0 || take(config, "on_end", &f_on_end) < 0 ||
         take(config, "on_ending", &f_on_ending) < 0 || take(config, "globals", &k_globals) < 0 ||
+        take(config, "no_system_limits", &no_system_limits) < 0 ||
         take_slot(config, "db_queries", &k_slot_db_queries, &i_db_queries) < 0 ||
         take_slot(config, "db_ns", &k_slot_db_ns, &i_db_ns) < 0 ||
         take_slot(config, "repeats", &k_slot_repeats, &i_repeats) < 0 ||
@@ -1352,10 +1315,11 @@ speedups_configure(PyObject *module, PyObject *config)
     o_limits = offset_of(tally_type, s_limits);
     o_systems = offset_of(tally_type, s_systems);
     o_statements = offset_of(tally_type, s_statements);
-    o_statement_ns = offset_of(tally_type, s_statement_ns);
     o_lim_systems = offset_of(tally_type, s_lim_systems);
     o_last_db = offset_of(tally_type, s_last_db);
+    o_last_db_start = offset_of(tally_type, s_last_db_start);
     o_last_http = offset_of(tally_type, s_last_http);
+    o_last_http_start = offset_of(tally_type, s_last_http_start);
     o_max_statement = offset_of(tally_type, s_max_statement);
     if (PyErr_Occurred())
         goto failed;
@@ -1686,10 +1650,11 @@ PyInit__speedups(void)
     INTERN(s_limits, "limits");
     INTERN(s_systems, "systems");
     INTERN(s_statements, "statements");
-    INTERN(s_statement_ns, "statement_ns");
     INTERN(s_lim_systems, "lim_systems");
     INTERN(s_last_db, "last_db");
+    INTERN(s_last_db_start, "last_db_start");
     INTERN(s_last_http, "last_http");
+    INTERN(s_last_http_start, "last_http_start");
     INTERN(s_max_statement, "max_statement");
     INTERN(s_cross, "_cross");
     INTERN(s_cross_system, "_cross_system");
@@ -1697,6 +1662,8 @@ PyInit__speedups(void)
     INTERN(s_on_ending_frozen, "_ON_ENDING_FROZEN");
     INTERN(s_public_attributes, "attributes");
     INTERN(k_other, "other");
+    if ((one = PyLong_FromLong(1)) == NULL)
+        return NULL;
     if (PyType_Ready(&FastPathType) < 0)
         return NULL;
     if (PyType_Ready(&PipelineType) < 0)

@@ -592,12 +592,13 @@ def _load_compiled() -> Any:
             "query_new": names.DB_STATEMENT[0], "query_old": names.DB_STATEMENT[1],
             "http_new": names.HTTP_METHOD[0], "http_old": names.HTTP_METHOD[1],
             "sql_caches": SQL_CACHES, "not_query": names.NOT_QUERY_SPANS, "statement_key": tally.statement_key,
-            "layered": tally.layered, "failed": _compiled_failed,
+            "layered": tally.layered_spans, "failed": _compiled_failed,
             "on_start": BudgetSpanProcessor.on_start, "on_end": BudgetSpanProcessor.on_end,
             "on_ending": BudgetSpanProcessor._on_ending, "globals": globals(),
             "db_queries": tally.DB_QUERIES, "db_ns": tally.DB_NS, "repeats": tally.REPEATS,
             "repeated_ns": tally.REPEATED_NS, "external_calls": tally.EXTERNAL_CALLS, "external_ns": tally.EXTERNAL_NS,
             "max_statements": tally.MAX_STATEMENTS, "drain_every": _DRAIN_EVERY, "tally_type": ScopeTally,
+            "no_system_limits": tally._NO_SYSTEM_LIMITS,
         }
     )  # fmt: skip
     tally.compiled_count(_speedups.count)

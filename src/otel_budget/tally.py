@@ -125,8 +125,8 @@ class ScopeTally:
     __slots__ = (
         "kind", "name", "span", "span_id", "parent", "closed", "lock", "rule", "rule_final", "code_limits",
         "start_ns", "rss_start", "peak_start", "cpu_start", "thread_id", "counts", "limits", "lim_systems",
-        "systems", "statements", "statement_ns", "max_statement", "crossed", "open_spans", "pending", "held", "held_overflow",
-        "untimed_keys", "untimed", "last_db", "last_http", "route", "route_spans",
+        "systems", "statements", "max_statement", "crossed", "open_spans", "pending", "held", "held_overflow",
+        "untimed_keys", "untimed", "last_db", "last_db_start", "last_http", "last_http_start", "route", "route_spans",
     )  # fmt: skip
 
     def __init__(self, kind: ScopeKind, name: str, span: Span, parent: ScopeTally | None) -> None:
@@ -152,8 +152,9 @@ class ScopeTally:
         self.limits: tuple[float, ...] | list[float] = (INF,) * len(COUNTED)
         self.lim_systems = _NO_SYSTEM_LIMITS
         self.systems: dict[str, list[int]] = {}  # system -> [queries, ns]
-        self.statements: dict[str, int] = {}  # normalised statement -> executions (at most MAX_STATEMENTS keys)
-        self.statement_ns: dict[str, int] = {}  # the same keys -> their DB time, ns
+        # normalised statement -> [executions, DB time in ns] (at most MAX_STATEMENTS keys): one entry per
+        # statement, updated in place when it runs again
+        self.statements: dict[str, list[int]] = {}
         self.max_statement: str | None = None
         self.crossed: dict[str, int] | None = None  # metric -> time the limit was crossed
         # Ids of its spans still open, dropped from the processor's map at the end; made with the first
@@ -169,9 +170,13 @@ class ScopeTally:
         # their 1-based rank (the event names the one that crossed the limit); made with the first one.
         self.untimed_keys: set[tuple[int, int]] | None = None
         self.untimed: dict[int, list[tuple[int, Mapping[str, str]]]] | None = None
-        # The last DB and HTTP client span counted (or skipped as an outer layer of it): see `drain`.
-        self.last_db: _sdkspan.Counted | None = None
-        self.last_http: _sdkspan.Counted | None = None
+        # The last DB and HTTP client span counted (or skipped as an outer layer of it), and its start time
+        # (`None` before it started): see `drain`. The span itself, not its facts: they are read again only in
+        # the rare case where the next span started before it (`layered_spans`).
+        self.last_db: ReadableSpan | None = None
+        self.last_db_start: int | None = None
+        self.last_http: ReadableSpan | None = None
+        self.last_http_start: int | None = None
         # A request's route, once found on its span or a framework span inside it (`processor._resolve`);
         # the SERVER/INTERNAL spans inside it still open that may yet carry it (Django's span under ASGI's).
         self.route: str | None = None
@@ -233,10 +238,9 @@ class ScopeTally:
         lim_repeated_ns = limits[REPEATED_NS]
         systems = self.systems
         statements = self.statements
-        statement_ns = self.statement_ns
         key_ns = 0
         lim_systems = self.lim_systems
-        last_db = self.last_db
+        last_db, last_db_start = self.last_db, self.last_db_start
         for span, facts in zip(batch, _span_facts(batch)):
             try:
                 attributes, start_ns, end_ns, name, _, _ = facts
@@ -246,19 +250,19 @@ class ScopeTally:
                 system = attributes.get(_DB_SYSTEM_NAME) or attributes.get(_DB_SYSTEM_OLD)
                 if not system:
                     if _HTTP_METHOD_NEW in attributes or _HTTP_METHOD_OLD in attributes:
-                        last = self.last_http
-                        self.last_http = facts
-                        if last is not None and start_ns <= (last[1] or 0) and layered(span, facts, last):
+                        last, last_start = self.last_http, self.last_http_start
+                        self.last_http, self.last_http_start = span, facts[1]
+                        if last is not None and start_ns <= (last_start or 0) and layered_spans(span, last):
                             continue  # an outer layer of the call just counted (requests over urllib3)
                         self._add(EXTERNAL_CALLS, 1, end_ns)
                         self._add(EXTERNAL_NS, ns, end_ns)
                     continue
                 # One round trip, one count: a DB span around the one just counted is an outer layer
                 # (SQLAlchemy over psycopg2); the first one to end, closest to the wire, was counted.
-                if last_db is not None and start_ns <= (last_db[1] or 0) and layered(span, facts, last_db):
-                    last_db = facts
+                outer = last_db is not None and start_ns <= (last_db_start or 0) and layered_spans(span, last_db)
+                last_db, last_db_start = span, facts[1]
+                if outer:
                     continue
-                last_db = facts
                 if name in _NOT_QUERY_SPANS:  # a connection or pool span, not a statement
                     continue
                 if type(system) is not str:
@@ -279,13 +283,15 @@ class ScopeTally:
                 per_system = systems[system] = [0, 0]
             per_system[0] += 1
             per_system[1] += ns
-            repeats = statements.get(key, 0) + 1
-            if repeats > 1:  # remembered: `statement_ns` has the same keys as `statements`
-                statements[key] = repeats
-                key_ns = statement_ns[key] = statement_ns[key] + ns
-            elif len(statements) < MAX_STATEMENTS:
-                statements[key] = 1
-                key_ns = statement_ns[key] = ns
+            seen = statements.get(key)
+            if seen is not None:  # run before: its entry updated in place
+                repeats = seen[0] = seen[0] + 1
+                key_ns = seen[1] = seen[1] + ns
+            else:
+                repeats = 1
+                if len(statements) < MAX_STATEMENTS:
+                    statements[key] = [1, ns]
+                    key_ns = ns
             # The most repeated statement changes only when a statement's count goes past the highest
             # (on a tie the first to reach it stays), and its time grows only when it runs again, which
             # passes the highest count: its time is taken here, and compared with its limit here only.
@@ -311,7 +317,7 @@ class ScopeTally:
                 self._cross_system(system, per_system, end_ns)
         counts[DB_QUERIES], counts[DB_NS], counts[REPEATS] = queries, db_ns, max_repeat
         counts[REPEATED_NS] = repeated_ns
-        self.last_db = last_db
+        self.last_db, self.last_db_start = last_db, last_db_start
 
     def add(self, slot: int, amount: int, at_ns: int) -> None:
         """Add `amount` to a counted metric (a span that is not a DB or HTTP client span, such as an enqueued task)."""
@@ -432,11 +438,13 @@ class ScopeTally:
             for slot, row in enumerate(COUNTED):
                 if row.merged:
                     outer_counts[slot] += counts[slot]
-            outer_ns, inner_ns = outer.statement_ns, self.statement_ns
-            for key, count in self.statements.items():
-                repeats = outer.statements.get(key, 0) + count
-                outer.statements[key] = repeats
-                key_ns = outer_ns[key] = outer_ns.get(key, 0) + inner_ns.get(key, 0)
+            outer_statements = outer.statements
+            for key, (count, ns) in self.statements.items():
+                entry = outer_statements.get(key)
+                if entry is None:
+                    entry = outer_statements[key] = [0, 0]
+                repeats = entry[0] = entry[0] + count
+                key_ns = entry[1] = entry[1] + ns
                 if repeats > outer_counts[REPEATS]:  # as in `drain`: on a tie the outer scope's statement stays
                     outer_counts[REPEATS], outer.max_statement = repeats, key
                     outer_counts[REPEATED_NS] = key_ns
@@ -485,6 +493,13 @@ def _in_sync_to_async_thread() -> bool:
     return sync is not None and getattr(getattr(sync, "SyncToAsync", None), "threadlocal", None) is not None and (
         getattr(sync.SyncToAsync.threadlocal, "main_event_loop", None) is not None
     )
+
+
+def layered_spans(outer: ReadableSpan, inner: ReadableSpan) -> bool:
+    """`layered` for two spans: `outer`, ended after `inner`, the last one counted (its facts read again here,
+    the rare case of a span that started before the one counted last). The compiled count calls it too."""
+    outer_facts, inner_facts = _sdkspan.counted([outer, inner])
+    return layered(outer, outer_facts, inner_facts)
 
 
 def layered(span: ReadableSpan, outer: _sdkspan.Counted, inner: _sdkspan.Counted) -> bool:
