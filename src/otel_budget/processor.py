@@ -71,6 +71,7 @@ _times = _sdkspan.times
 _started = _sdkspan.started
 _ON_ENDING_FROZEN = _sdkspan.ON_ENDING_FROZEN
 _ended = _sdkspan.ended
+_sampled = _sdkspan.sampled
 
 
 class _EndScope:
@@ -256,7 +257,7 @@ class BudgetSpanProcessor(SpanProcessor):
             if parent is None or parent[2]:  # no parent or a remote one: a new scope?
                 kind = _kind_of(span)
                 if kind is _SERVER:
-                    self._open(span, ScopeKind.HTTP, _name_of(span), None)
+                    self._open(span, _HTTP, _name_of(span), None, span_id)
                 elif kind is _CONSUMER:
                     if _attributes(span).get(_KILLED):  # a killed task's report (killed.py): judged already
                         return
@@ -337,12 +338,12 @@ class BudgetSpanProcessor(SpanProcessor):
         return True
 
     # -- scopes ---------------------------------------------------------------------------------------
-    def _open(self, span: Span, kind: ScopeKind, name: str, parent: ScopeTally | None) -> None:
+    def _open(self, span: Span, kind: ScopeKind, name: str, parent: ScopeTally | None, span_id: int = 0) -> None:
         if len(self._scopes) >= self.max_open_scopes:
             self._evict_oldest()
-        opened = ScopeTally(kind, name, span, parent)
+        opened = ScopeTally(kind, name, span, parent, span_id)
         span_id = opened.span_id
-        if self._held is not None and not span.get_span_context().trace_flags.sampled:
+        if self._held is not None and not _sampled(span):
             self._held.start(opened, span)
         self._resolve(opened, opened.start_ns)
         _EndScope(self, opened, span).install()

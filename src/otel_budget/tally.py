@@ -70,6 +70,8 @@ COUNTED: tuple[Counted, ...] = (
 _SLOTS = {row.metric: slot for slot, row in enumerate(COUNTED)}
 _METRICS = tuple(row.metric for row in COUNTED)
 _TIMED = tuple(row.timed for row in COUNTED)
+_ZEROS = [0] * len(COUNTED)  # copied as a new scope's counts
+_NO_LIMITS = (INF,) * len(COUNTED)  # a new scope's limits until its rule is applied (never written: see `_cross`)
 
 
 def slot_of(metric: str) -> int:
@@ -87,6 +89,7 @@ EXTERNAL_NS = slot_of(names.EXTERNAL_DURATION_MS)
 _NO_SYSTEM_LIMITS: Mapping[str, tuple[float, float]] = MappingProxyType({})
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 _running_loop = asyncio._get_running_loop  # the C function; ~30 ns
+_HTTP = ScopeKind.HTTP
 _rss_bytes = _probes.rss_bytes
 _cpu_and_peak = _probes.cpu_and_peak
 _get_ident = threading.get_ident
@@ -129,11 +132,11 @@ class ScopeTally:
         "untimed_keys", "untimed", "last_db", "last_db_start", "last_http", "last_http_start", "route", "route_spans",
     )  # fmt: skip
 
-    def __init__(self, kind: ScopeKind, name: str, span: Span, parent: ScopeTally | None) -> None:
+    def __init__(self, kind: ScopeKind, name: str, span: Span, parent: ScopeTally | None, span_id: int = 0) -> None:
         self.kind = kind
         self.name = name
         self.span: Span | None = span
-        self.span_id: int = span.get_span_context().span_id
+        self.span_id: int = span_id or span.get_span_context().span_id  # `span_id`: the caller read it already
         self.parent = parent
         self.closed = False
         self.lock = threading.Lock()
@@ -144,12 +147,12 @@ class ScopeTally:
         self.rss_start = _rss_bytes()
         # Thread CPU time means nothing for a coroutine sharing its thread with others, nor for a request
         # served by an ASGI server (Django's ASGI handler runs its middleware in a `sync_to_async` thread).
-        on_loop = _running_loop() is not None or (kind is ScopeKind.HTTP and _in_sync_to_async_thread())
+        on_loop = _running_loop() is not None or (kind is _HTTP and _in_sync_to_async_thread())
         self.thread_id = 0 if on_loop else _get_ident()
         self.cpu_start, self.peak_start = _cpu_and_peak()
-        self.counts = [0] * len(COUNTED)
+        self.counts = _ZEROS.copy()
         # The rule's compiled limits, shared until one is crossed (then a list of this scope's own, with `inf` there).
-        self.limits: tuple[float, ...] | list[float] = (INF,) * len(COUNTED)
+        self.limits: tuple[float, ...] | list[float] = _NO_LIMITS
         self.lim_systems = _NO_SYSTEM_LIMITS
         self.systems: dict[str, list[int]] = {}  # system -> [queries, ns]
         # normalised statement -> [executions, DB time in ns] (at most MAX_STATEMENTS keys): one entry per

@@ -9,7 +9,7 @@ from otel_budget import names
 from otel_budget.config import BudgetRule
 from otel_budget.names import ScopeKind
 from otel_budget.normalize import shorten
-from otel_budget.results import ScopeResult, Violation
+from otel_budget.results import ScopeResult, Violation, finished
 
 __all__ = ["judge", "judge_killed", "violations"]
 
@@ -30,24 +30,24 @@ def violations(
     and `db.repeated_duration_ms`;
     `details` (metric -> library, target, call site) name the untimed call or connection behind a metric.
     """
-    found = []
+    limits = rule.limits
+    over = [metric for metric, limit in limits.items() if values.get(metric, 0) > limit]
+    if not over:  # the usual scope: nothing more to build
+        return ()
     crossed = crossed or {}
     details = details or {}
-    for metric, limit in rule.limits.items():
-        actual = values.get(metric, 0)
-        if actual > limit:
-            found.append(
-                Violation(
-                    metric=metric,
-                    limit=limit,
-                    actual=actual,
-                    rule=rule.sources.get(metric, rule.name),
-                    timestamp_ns=end_ns if metric in names.END_ONLY_METRICS else crossed.get(metric, end_ns),
-                    statement=statement if metric in names.STATEMENT_METRICS else None,
-                    details=details.get(metric),
-                )
-            )
-    return tuple(found)
+    return tuple(
+        Violation(
+            metric=metric,
+            limit=limits[metric],
+            actual=values.get(metric, 0),
+            rule=rule.sources.get(metric, rule.name),
+            timestamp_ns=end_ns if metric in names.END_ONLY_METRICS else crossed.get(metric, end_ns),
+            statement=statement if metric in names.STATEMENT_METRICS else None,
+            details=details.get(metric),
+        )
+        for metric in over
+    )
 
 
 def judge(
@@ -67,18 +67,8 @@ def judge(
 ) -> ScopeResult:
     """The `ScopeResult` of a scope that ended at `end_ns` with `values` under `rule`."""
     statement = shorten(max_statement) if max_statement else None
-    return ScopeResult(
-        kind=kind,
-        name=name,
-        method=method,
-        rule=rule.name,
-        values=values,
-        violations=violations(rule, values, crossed=crossed, end_ns=end_ns, statement=statement, details=details),
-        trace_id=trace_id,
-        span_id=span_id,
-        repeated_statement=statement,
-        config_error=config_error,
-    )
+    found = violations(rule, values, crossed=crossed, end_ns=end_ns, statement=statement, details=details)
+    return finished(kind, name, method, rule.name, values, found, trace_id, span_id, statement, config_error)
 
 
 def judge_killed(
