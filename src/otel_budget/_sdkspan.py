@@ -61,6 +61,7 @@ def _check_shape() -> bool:
             and (parent[1], parent[2]) == (3, True)
             and probe._context[1] == probe.get_span_context().span_id  # type: ignore[index]
             and probe._context[3] == probe.get_span_context().trace_flags  # type: ignore[index]
+            and probe._context[0] == probe.get_span_context().trace_id == 1  # type: ignore[index]
             and probe._kind is SpanKind.SERVER
             and probe._name == "otel-budget-shape"
             and type(bounded) is BoundedAttributes
@@ -112,6 +113,10 @@ def _fast_kind(span: ReadableSpan) -> SpanKind:
 
 def _fast_span_id(span: ReadableSpan) -> int:
     return span._context[1]  # type: ignore[index]
+
+
+def _fast_trace_id(span: ReadableSpan) -> int:
+    return span._context[0]  # type: ignore[index]
 
 
 def _fast_sampled(span: ReadableSpan) -> bool:
@@ -174,6 +179,11 @@ def _public_span_id(span: ReadableSpan) -> int:
     return context.span_id if context is not None else 0
 
 
+def _public_trace_id(span: ReadableSpan) -> int:
+    context = span.context
+    return context.trace_id if context is not None else 0
+
+
 def _public_sampled(span: ReadableSpan) -> bool:
     return span.get_span_context().trace_flags.sampled
 
@@ -210,6 +220,7 @@ parent = _fast_parent if SHAPE_OK else _public_parent
 kind = _fast_kind if SHAPE_OK else _public_kind
 span_id = _fast_span_id if SHAPE_OK else _public_span_id
 sampled = _fast_sampled if SHAPE_OK else _public_sampled
+trace_id = _fast_trace_id if SHAPE_OK else _public_trace_id
 name = _fast_name if SHAPE_OK else _public_name
 times = _fast_times if SHAPE_OK else _public_times
 attributes = _fast_attributes if SHAPE_OK else _public_attributes

@@ -72,6 +72,7 @@ _started = _sdkspan.started
 _ON_ENDING_FROZEN = _sdkspan.ON_ENDING_FROZEN
 _ended = _sdkspan.ended
 _sampled = _sdkspan.sampled
+_trace_id_of = _sdkspan.trace_id
 
 
 class _EndScope:
@@ -407,13 +408,10 @@ class BudgetSpanProcessor(SpanProcessor):
         method = None
         final = True
         if scope.kind is _HTTP and scope.span is not None:
-            attributes = _attributes(scope.span)
-            method = first(attributes, _HTTP_METHOD)
-            name = scope.route or self._route(scope, attributes)
+            method = scope.method or _method(scope, scope.span)
+            name = scope.route or self._route(scope, _attributes(scope.span))
             final = name is not None
-        rule = self.rule_for(
-            scope.kind, name, method if method is None or type(method) is str else str(method), scope.code_limits
-        )
+        rule = self.rule_for(scope.kind, name, method, scope.code_limits)
         # Final only once its rule was found: a rule that cannot be built (a limit that is not a number, put
         # in by code) is tried again, last at the scope's end, which then leaves the span without budgets.
         scope.rule_final = final
@@ -480,11 +478,9 @@ class BudgetSpanProcessor(SpanProcessor):
         values = scope.measure(end_ns)
         name, method = scope.name, None
         if scope.kind is _HTTP:
-            found = first(_attributes(span), _HTTP_METHOD)
-            method = str(found) if found is not None else None
+            method = scope.method or _method(scope, span)
             # Never a raw path: a request that matched no route is `<method> unmatched`.
             name = scope.route or names.unmatched_scope_name(method)
-        context = span.get_span_context()
         return verdict.judge(
             kind=scope.kind,
             name=self._bounded_name(name),
@@ -494,8 +490,8 @@ class BudgetSpanProcessor(SpanProcessor):
             crossed=scope.crossed,
             end_ns=end_ns,
             max_statement=scope.max_statement,
-            trace_id=context.trace_id,
-            span_id=context.span_id,
+            trace_id=_trace_id_of(span),
+            span_id=scope.span_id,
             config_error=self.config_error,
             details=scope.untimed_details(rule.limits) if scope.untimed else None,
         )
@@ -550,6 +546,15 @@ class BudgetSpanProcessor(SpanProcessor):
             self._held.after_fork()
         if self._study is not None:
             self._study.after_fork()
+
+
+def _method(scope: ScopeTally, span: Span) -> str | None:
+    """A request's method (`http.request.method`, or the old `http.method`), read from its span until found."""
+    found = first(_attributes(span), _HTTP_METHOD)
+    if found is None:
+        return None
+    method = scope.method = found if type(found) is str else str(found)
+    return method
 
 
 def _after_fork_in_child(ref: weakref.ref[BudgetSpanProcessor]) -> None:

@@ -130,6 +130,7 @@ class ScopeTally:
         "start_ns", "rss_start", "peak_start", "cpu_start", "thread_id", "counts", "limits", "lim_systems",
         "systems", "statements", "max_statement", "crossed", "open_spans", "pending", "held", "held_overflow",
         "untimed_keys", "untimed", "last_db", "last_db_start", "last_http", "last_http_start", "route", "route_spans",
+        "method",
     )  # fmt: skip
 
     def __init__(self, kind: ScopeKind, name: str, span: Span, parent: ScopeTally | None, span_id: int = 0) -> None:
@@ -184,6 +185,7 @@ class ScopeTally:
         # the SERVER/INTERNAL spans inside it still open that may yet carry it (Django's span under ASGI's).
         self.route: str | None = None
         self.route_spans: dict[int, Span] | None = None
+        self.method: str | None = None  # a request's method, once read from its span (`processor._method`)
 
     # -- child spans ----------------------------------------------------------------------------------
     def adopt(self, span_id: int) -> None:
