@@ -29,6 +29,10 @@ static PyObject *k_not_query;      /* names.NOT_QUERY_SPANS */
 static PyObject *k_other;          /* "other" */
 static PyObject *one;              /* 1 */
 static PyObject *no_system_limits; /* tally._NO_SYSTEM_LIMITS: the empty per-system limits most scopes share */
+static PyObject *k_mongodb;        /* "mongodb" */
+static PyObject *k_mongo_keys;     /* normalize.MONGO_KEYS: statement -> (operation, collection, key) */
+static PyObject *k_op_new, *k_op_old, *k_coll_new, *k_coll_old; /* names.DB_OPERATION, names.DB_COLLECTION */
+static Py_ssize_t mongo_keys_max = 0, cache_max_statement = 0;
 static PyObject *f_statement_key, *f_layered, *f_failed, *f_on_start, *f_on_ending, *f_on_end;
 static PyObject *k_globals;        /* processor.py's globals: `_ON_ENDING_FROZEN` is read there per call */
 static PyObject *k_slot_db_queries, *k_slot_db_ns, *k_slot_repeats, *k_slot_repeated_ns, *k_slot_calls, *k_slot_calls_ns;
@@ -873,11 +877,68 @@ count_system(PyObject *systems, PyObject *system, long long ns)
     return per_system;
 }
 
+/* Two attribute values (borrowed, NULL when absent or falsy) are the same: 1, 0, or -1. */
+static int
+same_value(PyObject *a, PyObject *b)
+{
+    if (a == b)
+        return 1;
+    if (a == NULL || b == NULL)
+        return 0;
+    return PyObject_RichCompareBool(a, b, Py_EQ);
+}
+
+/* A MongoDB span's key from `k_mongo_keys` when its statement, operation and collection are those it was
+ * made for: a new reference; NULL without error when it is not there (then `*operation` and `*collection`
+ * are the span's, borrowed, for `remember_mongo`). */
+static PyObject *
+cached_mongo_key(PyObject *attributes, PyObject *statement, PyObject **operation, PyObject **collection, int *error)
+{
+    *operation = first_truthy(attributes, k_op_new, k_op_old, error);
+    *collection = *error ? NULL : first_truthy(attributes, k_coll_new, k_coll_old, error);
+    if (*error)
+        return NULL;
+    PyObject *entry = PyDict_GetItemWithError(k_mongo_keys, statement);
+    if (entry == NULL) {
+        if (PyErr_Occurred())
+            *error = 1;
+        return NULL;
+    }
+    if (!PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) != 3)
+        return NULL;
+    Py_INCREF(entry);
+    PyObject *op = PyTuple_GET_ITEM(entry, 0), *coll = PyTuple_GET_ITEM(entry, 1);
+    int same = same_value(op == Py_None ? NULL : op, *operation);
+    if (same > 0)
+        same = same_value(coll == Py_None ? NULL : coll, *collection);
+    PyObject *key = same > 0 ? Py_NewRef(PyTuple_GET_ITEM(entry, 2)) : NULL;
+    Py_DECREF(entry);
+    if (same < 0)
+        *error = 1;
+    return key;
+}
+
+/* Remember `key` for this statement, operation and collection while the cache has room (`_remember`'s
+ * bounds: normalize.py clears it with the others); -1 on error. */
+static int
+remember_mongo(PyObject *statement, PyObject *operation, PyObject *collection, PyObject *key)
+{
+    if (PyDict_GET_SIZE(k_mongo_keys) >= mongo_keys_max || PyUnicode_GET_LENGTH(statement) > cache_max_statement ||
+        !PyUnicode_CheckExact(key))
+        return 0;
+    PyObject *entry = PyTuple_Pack(3, operation != NULL ? operation : Py_None, collection != NULL ? collection : Py_None, key);
+    int failed = entry == NULL || PyDict_SetItem(k_mongo_keys, statement, entry) < 0;
+    Py_XDECREF(entry);
+    return failed ? -1 : 0;
+}
+
 /* The statement key of a DB span (borrowed from the dialect cache, or new from statement_key): new ref. */
 static PyObject *
 key_of(PyObject *system, PyObject *attributes, PyObject *name, int *error)
 {
     PyObject *statement = first_truthy(attributes, k_query_new, k_query_old, error);
+    PyObject *operation = NULL, *collection = NULL;
+    int mongo = 0;
     if (*error)
         return NULL;
     if (statement != NULL && PyUnicode_CheckExact(statement)) {
@@ -893,10 +954,27 @@ key_of(PyObject *system, PyObject *attributes, PyObject *name, int *error)
             *error = 1;
             return NULL;
         }
+        /* MongoDB: its text, operation and collection make the key (`statement_key`); a text that starts with a
+         * space would take the span's name as its operation, so it is not cached. */
+        if (cache == NULL && k_mongo_keys != NULL && PyUnicode_READ_CHAR(statement, 0) != ' ') {
+            mongo = PyUnicode_Compare(system, k_mongodb) == 0;
+            if (mongo) {
+                PyObject *key = cached_mongo_key(attributes, statement, &operation, &collection, error);
+                if (key != NULL || *error)
+                    return key;
+            } else if (PyErr_Occurred()) {
+                *error = 1;
+                return NULL;
+            }
+        }
     }
     PyObject *key = PyObject_CallFunctionObjArgs(f_statement_key, system, attributes, name, NULL);
     if (key == NULL)
         *error = 1;
+    else if (mongo && remember_mongo(statement, operation, collection, key) < 0) {
+        Py_CLEAR(key);
+        *error = 1;
+    }
     return key;
 }
 
@@ -1278,7 +1356,9 @@ speedups_configure(PyObject *module, PyObject *config)
         take(config, "layered", &f_layered) < 0 || take(config, "failed", &f_failed) < 0 ||
         take(config, "on_start", &f_on_start) < 0 || take(config, "on_end", &f_on_end) < 0 ||
         take(config, "on_ending", &f_on_ending) < 0 || take(config, "globals", &k_globals) < 0 ||
-        take(config, "no_system_limits", &no_system_limits) < 0 ||
+        take(config, "no_system_limits", &no_system_limits) < 0 || take(config, "mongo_keys", &k_mongo_keys) < 0 ||
+        take(config, "operation_new", &k_op_new) < 0 || take(config, "operation_old", &k_op_old) < 0 ||
+        take(config, "collection_new", &k_coll_new) < 0 || take(config, "collection_old", &k_coll_old) < 0 ||
         take_slot(config, "db_queries", &k_slot_db_queries, &i_db_queries) < 0 ||
         take_slot(config, "db_ns", &k_slot_db_ns, &i_db_ns) < 0 ||
         take_slot(config, "repeats", &k_slot_repeats, &i_repeats) < 0 ||
@@ -1292,9 +1372,18 @@ speedups_configure(PyObject *module, PyObject *config)
         goto failed;
     drain_every = PyLong_AsSsize_t(size);
     Py_CLEAR(size);
+    if (take(config, "mongo_keys_max", &size) < 0)
+        goto failed;
+    mongo_keys_max = PyLong_AsSsize_t(size);
+    Py_CLEAR(size);
+    if (take(config, "cache_max_statement", &size) < 0)
+        goto failed;
+    cache_max_statement = PyLong_AsSsize_t(size);
+    Py_CLEAR(size);
     if (PyErr_Occurred())
         goto failed;
-    if (!PyDict_Check(k_sql_caches) || !PyAnySet_Check(k_not_query) || !PyDict_Check(k_globals)) {
+    if (!PyDict_Check(k_sql_caches) || !PyAnySet_Check(k_not_query) || !PyDict_Check(k_globals) ||
+        !PyDict_CheckExact(k_mongo_keys)) {
         PyErr_SetString(PyExc_TypeError, "configure: sql_caches must be a dict, not_query a set");
         goto failed;
     }
@@ -1662,6 +1751,7 @@ PyInit__speedups(void)
     INTERN(s_on_ending_frozen, "_ON_ENDING_FROZEN");
     INTERN(s_public_attributes, "attributes");
     INTERN(k_other, "other");
+    INTERN(k_mongodb, "mongodb");
     if ((one = PyLong_FromLong(1)) == NULL)
         return NULL;
     if (PyType_Ready(&FastPathType) < 0)

@@ -224,7 +224,8 @@ def _check_urllib(request: Any) -> None:
 # that a connection's verdict is worked out per statement, as it was before the cache.
 MAX_CONNECTIONS = 4096
 _CONNECTIONS: dict[int, list[Any]] = {}
-_REFS: dict[int, weakref.ref[Any]] = {}  # id(connection) -> the weakref whose callback drops its entry
+_REFS: dict[int, weakref.ref[Any]] = {}  # id(connection or pool) -> the weakref whose callback drops its entry
+_POOLS: dict[int, list[Any]] = {}  # id(pool) -> [the context it was last counted from] (`_counted_here`)
 
 
 def _context_getter() -> Callable[[], Any]:
@@ -271,6 +272,7 @@ def _postgres_target(parameters: Mapping[str, Any]) -> str:
 def _forget_connection(key: int) -> Callable[[Any], None]:
     def forget(_: Any) -> None:
         _CONNECTIONS.pop(key, None)
+        _POOLS.pop(key, None)
         _REFS.pop(key, None)
 
     return forget
@@ -317,6 +319,27 @@ def _check_cursor(cursor: Any) -> None:
         log_exception(logger, "otel-budget: could not check a timeout; this call is not counted as untimed")
 
 
+def _counted_here(pool: Any) -> bool:
+    """The untimed `pool` was counted from the context current now (the usual operation after a scope's first):
+    True, nothing to do. Else the context is remembered and False: count it (`untimed_connection` counts a
+    pool once per scope). One `[last context]` per pool, kept as the cursors' are (`_connection_entry`)."""
+    key = id(pool)
+    entry = _POOLS.get(key)
+    context = _current_context()
+    if entry is None:
+        entry = [None]
+        if len(_POOLS) < MAX_CONNECTIONS:
+            try:
+                _REFS[key] = weakref.ref(pool, _forget_connection(key))
+            except TypeError:  # a pool class without weakrefs: not cached
+                return False
+            _POOLS[key] = entry
+    elif entry[0] is context:
+        return True
+    entry[0] = context
+    return False
+
+
 @_guarded
 def _check_mongo_pool(pool: Any) -> None:
     if pool.opts.socket_timeout is not None:
@@ -324,13 +347,14 @@ def _check_mongo_pool(pool: Any) -> None:
     csot = sys.modules.get("pymongo._csot")
     if csot is not None and csot.get_timeout() is not None:  # timeoutMS (client-wide or `pymongo.timeout()`)
         return
-    processor.untimed_connection(pool, _pool_describer("pymongo", lambda: _target(*pool.address)))
+    if not _counted_here(pool):
+        processor.untimed_connection(pool, _pool_describer("pymongo", lambda: _target(*pool.address)))
 
 
 @_guarded
 def _check_redis_pool(pool: Any) -> None:
     kwargs = pool.connection_kwargs
-    if kwargs.get("socket_timeout") is not None:
+    if kwargs.get("socket_timeout") is not None or _counted_here(pool):
         return
     target = (lambda: str(kwargs["path"])) if kwargs.get("path") else (lambda: _target(kwargs.get("host"), kwargs.get("port")))
     processor.untimed_connection(pool, _pool_describer("redis", target))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from otel_budget.names import SQL_SYSTEMS, STATEMENT_MAX_CHARS
 
@@ -94,7 +94,11 @@ _DIALECTS.update(
 # repeated statement costs two dict lookups and no call. Systems not here are not normalised as SQL.
 SQL_CACHES: Mapping[str, dict[str, str]] = {system: dialect.cache for system, dialect in _DIALECTS.items()}
 _MONGO_CACHE: dict[str, str] = {}
-_ALL_CACHES = (_STANDARD.cache, _MYSQL.cache, _CLICKHOUSE.cache, _CQL.cache, _MONGO_CACHE)
+# The compiled count's: a MongoDB span's statement text -> (its operation attribute, its collection attribute,
+# the key `tally.statement_key` gave for them), filled by `_speedups.c` (at most MONGO_KEYS_MAX entries).
+MONGO_KEYS: dict[str, tuple[Any, Any, str]] = {}
+MONGO_KEYS_MAX = 1024
+_ALL_CACHES = (_STANDARD.cache, _MYSQL.cache, _CLICKHOUSE.cache, _CQL.cache, _MONGO_CACHE, MONGO_KEYS)
 _CACHE_MAX = 4096  # entries in all caches together
 # Statements longer than this are not cached (the cache is bounded in bytes too, ~4096 * 2 KiB)
 # and only their first NORMALIZE_MAX_CHARS are normalised, so the cost per span stays bounded.

@@ -28,7 +28,7 @@ from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.trace import SpanKind
 
-from otel_budget import _sdkspan, _timeouts, names, tally, verdict
+from otel_budget import _sdkspan, _timeouts, names, normalize, tally, verdict
 from otel_budget._held import DEFAULT_MAX_HELD, DEFAULT_MAX_HELD_PER_SCOPE, HeldSpans
 from otel_budget._metrics import BudgetMetrics
 from otel_budget._ratelimit import log_exception
@@ -604,7 +604,10 @@ def _load_compiled() -> Any:
             "db_queries": tally.DB_QUERIES, "db_ns": tally.DB_NS, "repeats": tally.REPEATS,
             "repeated_ns": tally.REPEATED_NS, "external_calls": tally.EXTERNAL_CALLS, "external_ns": tally.EXTERNAL_NS,
             "max_statements": tally.MAX_STATEMENTS, "drain_every": _DRAIN_EVERY, "tally_type": ScopeTally,
-            "no_system_limits": tally._NO_SYSTEM_LIMITS,
+            "no_system_limits": tally._NO_SYSTEM_LIMITS, "mongo_keys": normalize.MONGO_KEYS,
+            "mongo_keys_max": normalize.MONGO_KEYS_MAX, "cache_max_statement": normalize.CACHE_MAX_STATEMENT,
+            "operation_new": names.DB_OPERATION[0], "operation_old": names.DB_OPERATION[1],
+            "collection_new": names.DB_COLLECTION[0], "collection_old": names.DB_COLLECTION[1],
         }
     )  # fmt: skip
     tally.compiled_count(_speedups.count)

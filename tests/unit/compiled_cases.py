@@ -56,6 +56,8 @@ def db_span(tracer: Any, rng: random.Random, clock: Clock, context: Any, truth: 
     attributes: dict[str, Any] = {keys[0]: system}
     if system == "mongodb":
         attributes.update({keys[1]: "find", "db.mongodb.collection": rng.choice(("books", "authors"))})
+        if rng.random() < 0.3:  # the same text under another operation: another key (the compiled cache's check)
+            attributes["db.operation"] = rng.choice(("find", "aggregate"))
     elif system == "redis":
         attributes[keys[1]] = rng.choice(("GET k", "SET k v"))
     else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from opentelemetry.trace import SpanKind
 
 from otel_budget import processor
@@ -172,6 +173,57 @@ def test_cursor_check_asks_the_scope_once_per_connection_and_context(monkeypatch
     del asked[:], cursor, connection
     gc.collect()
     assert key not in _timeouts._CONNECTIONS and key not in _timeouts._REFS
+
+
+class _MongoPool:
+    """pymongo's `Pool` as `_check_mongo_pool` reads it: its options and address."""
+
+    def __init__(self) -> None:
+        self.opts = type("PoolOptions", (), {"socket_timeout": None})()
+        self.address = ("127.0.0.1", 27017)
+
+
+class _RedisPool:
+    def __init__(self) -> None:
+        self.connection_kwargs = {"host": "127.0.0.1", "port": 6379}
+
+
+@pytest.mark.parametrize("make_pool", [_MongoPool, _RedisPool])
+def test_pool_check_asks_the_scope_once_per_pool_and_context(monkeypatch, tracing, make_pool) -> None:  # type: ignore[no-untyped-def]
+    """Operations on an untimed pool from the same context cost a lookup; a new scope is asked again."""
+    import gc
+
+    from otel_budget import _timeouts
+
+    check = _timeouts._check_mongo_pool if make_pool is _MongoPool else _timeouts._check_redis_pool
+    asked: list[object] = []
+    monkeypatch.setattr(processor, "untimed_connection", lambda pool, describe: asked.append(pool))
+    pool, other = make_pool(), make_pool()
+    with tracing.tracer.start_as_current_span("GET a/", kind=SpanKind.SERVER):
+        for _ in range(5):
+            check(pool)
+        check(other)
+    with tracing.tracer.start_as_current_span("GET b/", kind=SpanKind.SERVER):
+        check(pool)
+        check(pool)
+    assert asked == [pool, other, pool]
+    key = id(pool)
+    assert _timeouts._POOLS[key][0] is not None
+    del asked[:], pool, other
+    gc.collect()
+    assert key not in _timeouts._POOLS and key not in _timeouts._REFS
+
+
+def test_pool_check_counts_every_scope_exactly_once(tracing) -> None:  # type: ignore[no-untyped-def]
+    """The same through the processor: one untimed connection per scope, however many operations."""
+    from otel_budget import _timeouts
+
+    pool = _MongoPool()
+    for route in ("a/", "b/"):
+        with tracing.tracer.start_as_current_span("GET", kind=SpanKind.SERVER, attributes={"http.route": route}):
+            for _ in range(4):
+                _timeouts._check_mongo_pool(pool)
+    assert [result.values["db.untimed_connections"] for result in tracing.results] == [1, 1]
 
 
 _LAZY_HOOKS = """
