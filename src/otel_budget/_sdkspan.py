@@ -185,7 +185,8 @@ def _public_trace_id(span: ReadableSpan) -> int:
 
 
 def _public_sampled(span: ReadableSpan) -> bool:
-    return span.get_span_context().trace_flags.sampled
+    context = span.context
+    return context is not None and context.trace_flags.sampled
 
 
 def _public_name(span: ReadableSpan) -> str:

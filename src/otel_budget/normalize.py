@@ -98,7 +98,9 @@ _MONGO_CACHE: dict[str, str] = {}
 # the key `tally.statement_key` gave for them), filled by `_speedups.c` (at most MONGO_KEYS_MAX entries).
 MONGO_KEYS: dict[str, tuple[Any, Any, str]] = {}
 MONGO_KEYS_MAX = 1024
-_ALL_CACHES = (_STANDARD.cache, _MYSQL.cache, _CLICKHOUSE.cache, _CQL.cache, _MONGO_CACHE, MONGO_KEYS)
+_ALL_CACHES: tuple[dict[str, Any], ...] = (
+    _STANDARD.cache, _MYSQL.cache, _CLICKHOUSE.cache, _CQL.cache, _MONGO_CACHE, MONGO_KEYS,
+)  # fmt: skip
 _CACHE_MAX = 4096  # entries in all caches together
 # Statements longer than this are not cached (the cache is bounded in bytes too, ~4096 * 2 KiB)
 # and only their first NORMALIZE_MAX_CHARS are normalised, so the cost per span stays bounded.
