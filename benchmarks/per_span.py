@@ -24,7 +24,7 @@ from _common import DB_STATEMENTS, SERVER_ATTRIBUTES, NullExporter, db_attribute
 from opentelemetry.sdk.metrics import MeterProvider  # noqa: E402
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader  # noqa: E402
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider  # noqa: E402
-from opentelemetry.sdk.trace.export import BatchSpanProcessor  # noqa: E402
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor  # noqa: E402
 from opentelemetry.trace import SpanKind, Tracer  # noqa: E402
 
 from otel_budget import BudgetSpanProcessor  # noqa: E402
@@ -136,9 +136,12 @@ def make_provider(config: str) -> tuple[TracerProvider, MeterProvider]:
     """
     meter_provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
     provider = TracerProvider()
-    provider.add_span_processor(
-        BatchSpanProcessor(NullExporter(), max_queue_size=QUEUE_SIZE, schedule_delay_millis=_schedule_delay_ms())
-    )
+    if os.environ.get("BENCH_SIMPLE_EXPORT") == "1":  # instructions.py --exporter simple: no exporter thread
+        provider.add_span_processor(SimpleSpanProcessor(NullExporter()))
+    else:
+        provider.add_span_processor(
+            BatchSpanProcessor(NullExporter(), max_queue_size=QUEUE_SIZE, schedule_delay_millis=_schedule_delay_ms())
+        )
     processor = CONFIGS[config](meter_provider)
     if processor is not None:
         provider.add_span_processor(processor)

@@ -70,3 +70,17 @@ def test_the_default_configurations_parse(capsys: pytest.CaptureFixture[str]) ->
         instructions.main(["--compare", "--sizes", "5,5"])  # rejected for its sizes, after the names were checked
     err = capsys.readouterr().err
     assert "--sizes:" in err and "unknown" not in err
+
+
+def test_the_simple_exporter_runs_on_one_thread_and_repeats(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--exporter simple`: the SDK's SimpleSpanProcessor before ours, and two identical runs count alike."""
+    from per_span import make_provider
+
+    monkeypatch.setenv("BENCH_SIMPLE_EXPORT", "1")  # what `--exporter simple` sets, for the runs it starts too
+    provider, meter_provider = make_provider("otel")
+    assert [type(each).__name__ for each in provider._active_span_processor._span_processors] == ["SimpleSpanProcessor"]
+    provider.shutdown()
+    meter_provider.shutdown()
+    run = instructions.valgrind_runner(warm_up=5)
+    first, second = (instructions.compare([], [2, 6], run, jobs=2)["otel"] for _ in range(2))
+    assert abs(first - second) <= 0.002 * first, (first, second)

@@ -546,3 +546,50 @@ def test_overlay_none_removes_it() -> None:
         tracing.db("SELECT 1")
         tracing.db("SELECT 2")
     assert tracing.events("GET items/")["db.queries"]["budget.rule"] == "http"
+
+
+def test_an_end_set_on_the_scope_span_before_ours_still_runs_and_comes_back(tracing: Tracing) -> None:
+    """A processor before ours that puts its own `end` on the span: ours wraps it, calls it, then restores it;
+    the span's instance dict is never built (`__dict__` is not read: it would slow the SDK on that span)."""
+    from opentelemetry.sdk.trace import SpanProcessor
+
+    ended: list[int | None] = []
+
+    class OwnEnd(SpanProcessor):
+        def on_start(self, span, parent_context=None):  # type: ignore[no-untyped-def]
+            method = span.end
+            span.end = lambda end_time=None: (ended.append(end_time), method(end_time))
+
+    # before ours, as an exporter's processor would be
+    processors = tracing.provider._active_span_processor._span_processors
+    tracing.provider._active_span_processor._span_processors = (OwnEnd(), *processors)
+    span = tracing.tracer.start_span("GET", kind=SpanKind.SERVER, attributes={"http.route": "r/"})
+    wrapper = span.end
+    span.end(end_time=1_900_000_000_000_000_000)
+    assert ended == [1_900_000_000_000_000_000]
+    assert span.end is not wrapper  # ours is gone: what is left is the processor's own
+    assert span.end.__name__ == "<lambda>"
+    assert [result.values["db.queries"] for result in tracing.results] == [0]
+    assert tracing.spans()[-1].attributes["budget.violations"] == 0
+
+
+def test_the_scope_span_keeps_its_inline_attributes(tracing: Tracing) -> None:
+    """Our `end` goes on the span as an attribute (setattr), so CPython keeps its attributes inline: reading
+    `__dict__` would have made a dict of them (and slowed every access of the SDK's code to that span)."""
+    import sys
+
+    if sys.version_info < (3, 11):
+        pytest.skip("inline instance attributes are CPython 3.11+")
+    span = tracing.tracer.start_span("GET", kind=SpanKind.SERVER, attributes={"http.route": "r/"})
+    assert type(span.end).__name__ == "_EndScope"
+    assert not _has_materialized_dict(span)
+    span.end()
+    assert not _has_materialized_dict(span)
+
+
+def _has_materialized_dict(obj: object) -> bool:
+    """Whether CPython made `obj` an instance dict (`gc.get_referents` of an object with inline values lists the
+    values themselves; with a dict made, the dict is among them)."""
+    import gc
+
+    return any(type(each) is dict and each.get("_name") is not None for each in gc.get_referents(obj))
