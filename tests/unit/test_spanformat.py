@@ -165,3 +165,22 @@ def test_violation_without_details_has_no_detail_attributes() -> None:
     read = spanformat.decode({"budget.violations": 1, "budget.rule": "scope", "budget.scope": "cron"}, [
         ("budget.exceeded", attributes, 5)], span_name="cron", span_kind="", trace_id=1, span_id=2)
     assert read is not None and read.violations[0].details is None
+
+
+def test_a_result_made_in_one_step_is_the_dataclass_one() -> None:
+    """`results.finished` (the processor's, at every scope's end) sets every field `ScopeResult` has, as its
+    `__init__` does: a field added to the dataclass and not there fails here."""
+    import pytest
+
+    from otel_budget.results import finished
+
+    violation = Violation(metric="db.queries", limit=1, actual=2, rule="http", timestamp_ns=5)
+    fields = dict(
+        kind=ScopeKind.HTTP, name="r/", method="GET", rule="http", values={"db.queries": 2},
+        violations=(violation,), trace_id=7, span_id=9, repeated_statement="SELECT ?", config_error=None,
+    )  # fmt: skip
+    made = finished(**fields)  # type: ignore[arg-type]
+    assert made == ScopeResult(**fields)  # type: ignore[arg-type]
+    assert list(vars(made)) == [field.name for field in dataclasses.fields(ScopeResult)]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        made.name = "other"  # type: ignore[misc]
