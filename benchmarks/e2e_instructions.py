@@ -25,6 +25,7 @@ import os
 import queue
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -50,7 +51,12 @@ GOAL = 1.02  # issue 14: worker CPU per request at most +2 % over plain OTel
 SIZES = (20, 80)
 PORTS = (18601, 18602)  # one per valgrind run at a time (`--jobs`)
 HOUR_MS = "3600000"
-Runner = Callable[[str, int, int], int]  # (config, requests, port) -> instructions of the server's processes
+# (config, requests, port, layout) -> instructions of the server's processes
+Runner = Callable[[str, int, int, int], int]
+# An environment variable of another length per layout (`--layouts`): it moves where the process's memory
+# lies, and with it the collisions of CPython's type-attribute cache and dict lookups, which moved the same
+# code's count by up to ~0.4 % per request between runs. The median over a few layouts steadies the ratio.
+LAYOUT_VARIABLE = "OTEL_BUDGET_BENCH_LAYOUT"
 
 
 def server_env(config: str, tag: str) -> dict[str, str]:
@@ -89,8 +95,9 @@ def _get(url: str, timeout: float) -> int:
         return int(response.status)
 
 
-def run_server(config: str, requests: int, port: int, *, startup_timeout: float = 900.0) -> int:
-    """Serve `requests` requests with one gunicorn worker under callgrind; its processes' instructions."""
+def run_server(config: str, requests: int, port: int, layout: int = 0, *, startup_timeout: float = 900.0) -> int:
+    """Serve `requests` requests with one gunicorn worker under callgrind; its processes' instructions.
+    `layout`: the length of `LAYOUT_VARIABLE` (0: not set), the same at both sizes of a configuration."""
     valgrind = shutil.which("valgrind")
     if valgrind is None:
         raise SystemExit("e2e_instructions.py: valgrind not found (make bench-e2e-instructions installs it)")
@@ -105,7 +112,7 @@ def run_server(config: str, requests: int, port: int, *, startup_timeout: float 
         tag = "cg-" + "".join(c if c.isalnum() else "-" for c in config)
         with open(Path(out_dir) / "server.log", "wb") as log:
             process = subprocess.Popen(
-                argv, env=server_env(config, tag), cwd=SHOP_DIR, stdout=log, stderr=subprocess.STDOUT,
+                argv, env=_with_layout(server_env(config, tag), layout), cwd=SHOP_DIR, stdout=log, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, start_new_session=True,
             )  # fmt: skip
         try:
@@ -131,29 +138,46 @@ def run_server(config: str, requests: int, port: int, *, startup_timeout: float 
         return summed_instructions(sorted(glob.glob(f"{out_dir}/callgrind.*")))
 
 
-def compare(configs: Sequence[str], sizes: Sequence[int], run: Runner, jobs: int = 2) -> dict[str, float]:
-    """Instructions per request of each configuration (the baseline first), `jobs` servers at a time."""
+def _with_layout(env: dict[str, str], layout: int) -> dict[str, str]:
+    if layout:
+        env[LAYOUT_VARIABLE] = "x" * (layout * 4099)
+    return env
+
+
+def compare(
+    configs: Sequence[str], sizes: Sequence[int], run: Runner, jobs: int = 2, layouts: int = 1
+) -> dict[str, float]:
+    """Instructions per request of each configuration (the baseline first), `jobs` servers at a time; with
+    `layouts` > 1, the median over that many memory layouts (each one's figures and ratios on stderr)."""
     wanted = [BASELINE, *[config for config in configs if config != BASELINE]]
-    cases = [(config, size) for config in wanted for size in sizes]
+    cases = [(config, size, layout) for layout in range(layouts) for config in wanted for size in sizes]
     jobs = max(1, min(jobs, len(PORTS)))
     free: queue.Queue[int] = queue.Queue()
     for port in PORTS[:jobs]:
         free.put(port)
 
-    def one(case: tuple[str, int]) -> int:
+    def one(case: tuple[str, int, int]) -> int:
+        config, size, layout = case
         port = free.get()  # a port no other server holds now
         try:
-            return run(*case, port)
+            return run(config, size, port, layout)
         finally:
             free.put(port)
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         totals = list(pool.map(one, cases))
-    collected: dict[str, dict[int, int]] = {config: {} for config in wanted}
-    for (config, size), total in zip(cases, totals):
-        collected[config][size] = total
-        print(f"  {config} {size} requests: {total} instructions", file=sys.stderr)
-    return {config: per_scope(collected[config]) for config in wanted}
+    collected: dict[tuple[str, int], dict[int, int]] = {}
+    for (config, size, layout), total in zip(cases, totals):
+        collected.setdefault((config, layout), {})[size] = total
+        where = f" (layout {layout})" if layouts > 1 else ""
+        print(f"  {config} {size} requests{where}: {total} instructions", file=sys.stderr)
+    each = {key: per_scope(sizes_seen) for key, sizes_seen in collected.items()}
+    if layouts > 1:
+        for layout in range(layouts):
+            base = each[BASELINE, layout]
+            text = ", ".join(f"{config} {each[config, layout] / base:.4f}" for config in wanted[1:])
+            print(f"  layout {layout}: {BASELINE} {base:,.0f} per request; {text}", file=sys.stderr)
+    return {config: statistics.median(each[config, layout] for layout in range(layouts)) for config in wanted}
 
 
 def report(costs: Mapping[str, float], goal: float = GOAL) -> list[str]:
@@ -175,6 +199,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--configs", default=";".join(CONFIGS[1:]), help="--compare: besides plain OTel, separated by ;")
     parser.add_argument("--sizes", default=",".join(map(str, SIZES)), help="--compare: the two numbers of requests")
     parser.add_argument("--jobs", type=int, default=2, help="--compare: servers under valgrind at a time (1 or 2)")
+    parser.add_argument(
+        "--layouts", type=int, default=1, help="--compare: memory layouts to take the median over (3: ~3x as long)"
+    )
     parser.add_argument("config", nargs="?", help=f"one of {', '.join(CONFIGS)}")
     parser.add_argument("requests", nargs="?", type=int, help="requests to serve")
     args = parser.parse_args(argv)
@@ -183,7 +210,9 @@ def main(argv: list[str]) -> int:
     if args.compare:
         configs, sizes = compare_args(parser, args.configs, args.sizes, CONFIGS)
         setup_shop()
-        costs = compare(configs, sizes, run_server, args.jobs)
+        if args.layouts < 1:
+            parser.error("--layouts: at least 1")
+        costs = compare(configs, sizes, run_server, args.jobs, args.layouts)
         print("\n".join(report(costs)))
         return 0
     if args.config not in CONFIGS or args.requests is None:

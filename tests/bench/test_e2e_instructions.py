@@ -25,7 +25,8 @@ def test_compare_on_fake_totals() -> None:
     lock = threading.Lock()
     asked: list[tuple[str, int]] = []
 
-    def run(config: str, requests: int, port: int) -> int:
+    def run(config: str, requests: int, port: int, layout: int) -> int:
+        assert layout == 0
         with lock:
             assert port not in busy, f"port {port} handed to two servers at once"
             busy.add(port)
@@ -40,6 +41,31 @@ def test_compare_on_fake_totals() -> None:
     table = e2e_instructions.report(costs)
     assert table[2].split()[-2:] == ["<=1.02", "yes"] and "1.020" in table[2]
     assert table[3].split()[-1] == "no"  # 1.00025 over the goal
+
+
+def test_compare_takes_the_median_over_layouts() -> None:
+    """`--layouts 3`: each configuration at both sizes in every layout, the median of its per-request figures."""
+    per_request = {  # (config, layout) -> instructions per request
+        ("otel", 0): 40_000_000, ("otel", 1): 40_200_000, ("otel", 2): 39_900_000,
+        ("otel+budget", 0): 40_900_000, ("otel+budget", 1): 40_700_000, ("otel+budget", 2): 41_500_000,
+    }  # fmt: skip
+    asked: list[tuple[str, int, int]] = []
+    lock = threading.Lock()
+
+    def run(config: str, requests: int, port: int, layout: int) -> int:
+        with lock:
+            asked.append((config, requests, layout))
+        return 9_000_000_000 + requests * per_request[config, layout]
+
+    costs = e2e_instructions.compare(["otel+budget"], [20, 80], run, jobs=2, layouts=3)
+    assert sorted(asked) == sorted((config, size, layout) for config, layout in per_request for size in (20, 80))
+    assert costs == {"otel": 40_000_000, "otel+budget": 40_900_000}  # the middle of each three
+
+
+def test_a_layout_is_an_environment_variable_of_its_own_length() -> None:
+    assert e2e_instructions.LAYOUT_VARIABLE not in e2e_instructions._with_layout({}, 0)
+    padded = [e2e_instructions._with_layout({}, layout)[e2e_instructions.LAYOUT_VARIABLE] for layout in (1, 2)]
+    assert 0 < len(padded[0]) < len(padded[1])
 
 
 def test_summed_instructions_reads_every_profile(tmp_path: Path) -> None:
