@@ -968,12 +968,22 @@ key_of(PyObject *system, PyObject *attributes, PyObject *name, int *error)
             }
         }
     }
+    if (mongo) { /* held across the call into Python: borrowed from the span's attributes */
+        Py_INCREF(statement);
+        Py_XINCREF(operation);
+        Py_XINCREF(collection);
+    }
     PyObject *key = PyObject_CallFunctionObjArgs(f_statement_key, system, attributes, name, NULL);
     if (key == NULL)
         *error = 1;
     else if (mongo && remember_mongo(statement, operation, collection, key) < 0) {
         Py_CLEAR(key);
         *error = 1;
+    }
+    if (mongo) {
+        Py_DECREF(statement);
+        Py_XDECREF(operation);
+        Py_XDECREF(collection);
     }
     return key;
 }
