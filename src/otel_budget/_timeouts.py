@@ -286,14 +286,20 @@ def _connection_entry(connection: Any) -> list[Any]:
         parameters = _postgres_parameters(connection)
         if not _postgres_timed(parameters):
             entry[0], entry[2] = False, _db_describer(library, _postgres_target(parameters))
-    key = id(connection)
-    if len(_CONNECTIONS) < MAX_CONNECTIONS:
-        try:
-            _REFS[key] = weakref.ref(connection, _forget_connection(key))
-        except TypeError:  # a connection class without weakrefs: not cached
-            return entry
-        _CONNECTIONS[key] = entry
+    _keep(_CONNECTIONS, connection, entry)
     return entry
+
+
+def _keep(table: dict[int, list[Any]], owner: Any, entry: list[Any]) -> None:
+    """`table[id(owner)] = entry` while there is room, dropped with `owner` (a weakref callback); an object
+    whose class has no weakrefs is not kept."""
+    key = id(owner)
+    if len(table) < MAX_CONNECTIONS:
+        try:
+            _REFS[key] = weakref.ref(owner, _forget_connection(key))
+        except TypeError:
+            return
+        table[key] = entry
 
 
 def _check_cursor(cursor: Any) -> None:
@@ -323,17 +329,11 @@ def _counted_here(pool: Any) -> bool:
     """The untimed `pool` was counted from the context current now (the usual operation after a scope's first):
     True, nothing to do. Else the context is remembered and False: count it (`untimed_connection` counts a
     pool once per scope). One `[last context]` per pool, kept as the cursors' are (`_connection_entry`)."""
-    key = id(pool)
-    entry = _POOLS.get(key)
+    entry = _POOLS.get(id(pool))
     context = _current_context()
     if entry is None:
         entry = [None]
-        if len(_POOLS) < MAX_CONNECTIONS:
-            try:
-                _REFS[key] = weakref.ref(pool, _forget_connection(key))
-            except TypeError:  # a pool class without weakrefs: not cached
-                return False
-            _POOLS[key] = entry
+        _keep(_POOLS, pool, entry)
     elif entry[0] is context:
         return True
     entry[0] = context
