@@ -1,6 +1,6 @@
 """Real budget violations: the OTel SDK with `BudgetSpanProcessor`, exported over OTLP to the stack's collector.
 
-Run directly (`.venv/bin/python tests/alerting/budget_traffic.py [service-name]`) to put one
+Run directly (`PYTHONPATH=tests/unit .venv/bin/python tests/alerting/budget_traffic.py [service-name]`) to put one
 wave of traffic on the collector and look at 127.0.0.1:8889/metrics by hand.
 """
 
@@ -19,6 +19,8 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import SpanKind
+
+from tracing_kit import touched_mapping
 
 from otel_budget import BudgetSpanProcessor
 from otel_budget.config import parse_config
@@ -124,14 +126,6 @@ class BudgetTraffic:
             self.report.close()
         self.tracer_provider.shutdown()
         self.meter_provider.shutdown()
-
-
-def touched_mapping(size: int) -> mmap.mmap:
-    """Anonymous memory with every page written: resident until closed (malloc might reuse freed pages)."""
-    mapping = mmap.mmap(-1, size)
-    for offset in range(0, size, mmap.PAGESIZE):
-        mapping[offset] = 1
-    return mapping
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import os
 import sys
 
 import pytest
+from tracing_kit import touched_mapping
 
 from otel_budget import _probes
 
@@ -22,10 +23,10 @@ def statm_rss() -> int:
 def test_rss_is_the_kernels_figure_and_follows_an_allocation() -> None:
     before = _probes.rss_bytes()
     assert abs(before - statm_rss()) <= 256 * 1024  # reading statm with open() itself allocates a little
-    block = bytearray(64 * 1024 * 1024)  # zero-filled: the pages are touched
+    block = touched_mapping(64 * 1024 * 1024)  # its own pages, whatever malloc holds
     grown = _probes.rss_bytes() - before
     assert 60 * 1024 * 1024 <= grown <= 72 * 1024 * 1024, grown
-    del block
+    block.close()
 
 
 @linux_only
@@ -55,7 +56,7 @@ def test_rss_after_fork_is_the_childs() -> None:
     if pid == 0:  # child: grow by 64 MiB, which the parent does not
         try:
             before = _probes.rss_bytes()
-            block = bytearray(64 * 1024 * 1024)
+            block = touched_mapping(64 * 1024 * 1024)
             os.write(write, f"{_probes.rss_bytes() - before} {len(block)}".encode())
         finally:
             os._exit(0)

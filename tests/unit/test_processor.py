@@ -11,7 +11,7 @@ from opentelemetry.trace import SpanKind
 
 from otel_budget import _ratelimit
 from otel_budget.results import ScopeResult
-from tracing_kit import Tracing, make_tracing
+from tracing_kit import Tracing, make_tracing, touched_mapping
 
 HTTP_LIMITS = {
     "http": {
@@ -123,10 +123,9 @@ def test_end_only_metrics_present(tracing: Tracing) -> None:
 def test_memory_growth_measured() -> None:
     """Memory kept alive by the scope shows as growth and triggers its budget."""
     tracing = make_tracing({"http": {"memory.growth_mb": 20}})
-    keep = []
     with tracing.request():
-        keep.append(bytearray(40 * 1024 * 1024))
-        keep[0][:: 4096] = b"x" * len(keep[0][:: 4096])  # touch every page
+        kept = touched_mapping(40 * 1024 * 1024)  # resident until closed, whatever malloc holds
+    kept.close()
     growth = tracing.span("GET items/").attributes["budget.memory.growth_mb"]
     assert 38 <= growth <= 44
     event = tracing.events("GET items/")["memory.growth_mb"]

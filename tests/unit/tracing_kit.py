@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mmap
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -92,3 +93,16 @@ def make_tracing(config: BudgetConfig | dict[str, Any] | None = None, *, batch: 
     tracing = Tracing(provider, exporter, processor)
     processor.add_listener(tracing.results.append)
     return tracing
+
+
+def touched_mapping(size: int) -> mmap.mmap:
+    """Anonymous memory with every page written: resident until closed, whatever malloc holds.
+
+    Tests that measure RSS growth use it rather than a big `bytes`: after an earlier test freed a big
+    block, glibc raises its mmap and trim thresholds (up to 32 and 64 MiB) and serves the next big
+    block from freed heap pages that are still resident, so RSS does not move (seen in a full run).
+    """
+    mapping = mmap.mmap(-1, size)
+    for offset in range(0, size, mmap.PAGESIZE):
+        mapping[offset] = 1
+    return mapping
