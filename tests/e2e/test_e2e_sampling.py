@@ -3,7 +3,8 @@
 Every request is tallied whatever the head sampler decides: the app's histograms count every request
 and its violations counter every over-budget one, exactly, on the collector's Prometheus exporter
 (127.0.0.1:8889) and in Prometheus; Jaeger holds every over-budget request's trace complete and, of
-the requests within budget, about the sampled share (the 99.9 % interval of Binomial(n, ratio)).
+the requests within budget, exactly those whose trace id the ratio sampler keeps (its decision is a
+pure function of the id, so the set is known in advance: no statistical interval to flake).
 
 Its own gunicorn and worker per ratio (a service name of their own), so the series read are this
 run's alone. Starts servers: hold the servers lock.
@@ -12,7 +13,6 @@ run's alone. Starts servers: hold the servers lock.
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import threading
@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from opentelemetry.sdk.trace.sampling import Decision, TraceIdRatioBased
 from shop_e2e import SHOP_DIR, ShopClient, ShopResponse, running
 
 from jaeger_reader import ExportedSpan, JaegerReader
@@ -35,7 +36,6 @@ PROMETHEUS_EXPORTER = "http://127.0.0.1:8889/metrics"
 PROMETHEUS = "http://127.0.0.1:9090/api/v1/query"
 OVER_BUDGET = "orders/"  # N+1: db.repeated_queries over its limit of 5
 WITHIN_BUDGET = "probe/queries/"  # one PostgreSQL statement, never flagged (budgets.toml, probe/*)
-TAIL = 0.0005  # each side: a 99.9 % interval
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
@@ -49,18 +49,14 @@ class Run:
     within: list[ShopResponse]
 
 
-# (ratio, over-budget requests, within-budget requests). The 99.9 % intervals: 14..48 of 300 at 0.1;
-# at 0.01, 4..29 of 1500 (15 expected): it tells a working ratio from none kept and from twice too many.
+# (ratio, over-budget requests, within-budget requests): about 30 and 15 within-budget traces kept.
 RATIOS = [(0.1, 20, 300), (0.01, 20, 1500)]
 
 
-def binomial_interval(n: int, p: float, tail: float) -> tuple[int, int]:
-    """The smallest [lo, hi] with P(X < lo) <= tail and P(X > hi) <= tail for X ~ Binomial(n, p)."""
-    pmf = [math.exp(math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)
-                    + k * math.log(p) + (n - k) * math.log1p(-p)) for k in range(n + 1)]  # fmt: skip
-    lo = next(k for k in range(n + 1) if sum(pmf[: k + 1]) > tail)
-    hi = next(k for k in range(n, -1, -1) if sum(pmf[k:]) > tail)
-    return lo, hi
+def head_sampled(trace_id: int, ratio: float) -> bool:
+    """The SDK's TraceIdRatioBased decision for a root span of this trace id (what the shop's sampler asks)."""
+    decision = TraceIdRatioBased(ratio).should_sample(None, trace_id, "GET").decision
+    return decision is Decision.RECORD_AND_SAMPLE
 
 
 def send(base_url: str, count: int, path: str, **params: str) -> list[ShopResponse]:
@@ -182,11 +178,13 @@ def test_every_over_budget_trace_is_kept_complete(sampled: Run, jaeger: JaegerRe
 
 
 def test_the_rest_is_kept_at_the_sampled_share(sampled: Run, jaeger: JaegerReader) -> None:
-    """Of the requests within budget, Jaeger holds a number in the 99.9 % interval of Binomial(n, ratio)."""
+    """Of the requests within budget, Jaeger holds exactly those the head sampler kept, and no other."""
     sent = {int(response.trace_id, 16) for response in sampled.within}
-    lo, hi = binomial_interval(len(sent), sampled.ratio, TAIL)
+    expected = {trace_id for trace_id in sent if head_sampled(trace_id, sampled.ratio)}
+    assert expected, "precondition: the ratio keeps some of the within-budget requests"
     time.sleep(3)  # the apps' 200 ms batch delay and the collector's 1 s batch, with room
     held = {int(span.trace_id, 16) for trace in jaeger.search(sampled.service, limit=5000) for span in trace}
-    kept = len(sent & held)
-    print(f"ratio {sampled.ratio}: {kept} of {len(sent)} within-budget traces kept, interval {lo}..{hi}")
-    assert lo <= kept <= hi, f"{kept} of {len(sent)} kept at ratio {sampled.ratio}, expected {lo}..{hi}"
+    kept = sent & held
+    print(f"ratio {sampled.ratio}: {len(kept)} of {len(sent)} within-budget traces kept, {len(expected)} head-sampled")
+    assert kept == expected, (f"kept but not head-sampled: {sorted(kept - expected)[:5]}; "
+                              f"head-sampled but missing: {sorted(expected - kept)[:5]}")  # fmt: skip
