@@ -292,7 +292,10 @@ def _literals(system: str) -> st.SearchStrategy[tuple[str, bool]]:
 def _comment(draw: st.DrawFn, system: str) -> str:
     """Nothing, a space, or a comment of the dialect (holding quotes and comment markers of its own)."""
     text = draw(st.text(st.sampled_from("ab '\"\\-*#/$"), max_size=8))
-    kinds = ["", " ", f" /* {text.replace('*/', '')} */ ", f" -- {text}\n"]
+    inside = text
+    while "*/" in inside:  # one pass can make a new "*/": "**//" -> "*/", which ends the comment early
+        inside = inside.replace("*/", "")
+    kinds = ["", " ", f" /* {inside} */ ", f" -- {text}\n"]
     if dialect_of(system) == "mysql":
         kinds.append(f" # {text}\n")
     if dialect_of(system) == "cql":
@@ -300,8 +303,8 @@ def _comment(draw: st.DrawFn, system: str) -> str:
     return draw(st.sampled_from(kinds))
 
 
-# print_blob: a failure prints the `@reproduce_failure` line that replays it (a rare counterexample was seen
-# twice in full unit runs and not caught).
+# print_blob: a failure prints the `@reproduce_failure` line that replays it. The rare failure seen twice
+# in full unit runs was the generator's: a comment text "**//" became " /* */ */ " (see _comment).
 @settings(max_examples=600, deadline=None, database=None, print_blob=True)
 @given(st.data())
 def test_no_literal_survives_in_any_dialect(data: st.DataObject) -> None:
