@@ -446,10 +446,14 @@ class ScopeTally:
             outer_statements = outer.statements
             for key, (count, ns) in self.statements.items():
                 entry = outer_statements.get(key)
-                if entry is None:
-                    entry = outer_statements[key] = [0, 0]
-                repeats = entry[0] = entry[0] + count
-                key_ns = entry[1] = entry[1] + ns
+                if entry is not None:
+                    repeats = entry[0] = entry[0] + count
+                    key_ns = entry[1] = entry[1] + ns
+                elif len(outer_statements) < MAX_STATEMENTS:  # bounded as in `drain`
+                    outer_statements[key] = [count, ns]
+                    repeats, key_ns = count, ns
+                else:  # not remembered: it still counts as the most repeated if it is
+                    repeats, key_ns = count, ns
                 if repeats > outer_counts[REPEATS]:  # as in `drain`: on a tie the outer scope's statement stays
                     outer_counts[REPEATS], outer.max_statement = repeats, key
                     outer_counts[REPEATED_NS] = key_ns

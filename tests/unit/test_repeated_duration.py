@@ -134,6 +134,25 @@ def test_statements_stay_bounded_and_the_time_follows_the_count() -> None:
     assert (attributes["budget.db.repeated_queries"], attributes["budget.db.repeated_duration_ms"]) == (2, 3.0)
 
 
+def test_nested_scopes_merge_within_the_statement_cap() -> None:
+    """The outer scope remembers at most MAX_STATEMENTS statements however many nested scopes merge into it."""
+    tracing = make_tracing({})
+    with server(tracing) as span:
+        with budget_scope("first", tracer_provider=tracing.provider):
+            for index in range(MAX_STATEMENTS):  # fills the outer scope's statements when merged
+                timed_db(tracing, f"SELECT * FROM t{index}", T0 + index * 10, 5)
+        late = T0 + 10**8
+        with budget_scope("second", tracer_provider=tracing.provider):
+            for index in range(2):  # past the outer cap: merged as a count of 2, not remembered
+                timed_db(tracing, "SELECT * FROM late", late + index * 10, 1_000_000)
+        timed_db(tracing, "SELECT * FROM late", late + 10**6, 1_000_000)  # the outer scope's own run: 1
+        span.end(end_time=T0 + 10**9)
+    assert tracing.span("second").attributes["budget.db.repeated_queries"] == 2
+    outer = tracing.span("GET items/").attributes
+    # remembered, the late statement would reach 3 runs (3 ms); past the cap the merge's 2 runs stay the most
+    assert (outer["budget.db.repeated_queries"], outer["budget.db.repeated_duration_ms"]) == (2, 2.0)
+
+
 def test_nested_scope_merges_per_statement() -> None:
     """A nested scope's runs of a statement add to the outer scope's runs of it, count and time together."""
     tracing = make_tracing({})
