@@ -19,6 +19,9 @@ the thread that ends it, so no second thread takes the GIL at times that depend 
 under valgrind. Its counts repeat to ~0.04 % (the batch set-up's moved by up to ~50 000 per scope between
 identical runs): the instrument for telling two versions of the code apart; the batch set-up is the one
 the goals are stated on.
+
+`--children 0` runs scopes of the SERVER span alone: what a scope costs by itself (its start and end, its
+result and summary attributes). Beside the default 20, the difference over 20 is the cost of one child span.
 """
 
 from __future__ import annotations
@@ -44,14 +47,17 @@ GOALS: dict[str, float] = {"otel+budget": 1.05, "otel+budget,no-metrics": 1.03}
 # callables, no Python frame of ours): the part of the goals' margin that no processor can spend.
 FLOOR = "ref: otel+c-noop-processor"
 SIZES = (200, 600)
+# DB spans per scope: the goals' 20, or fewer (`--children 0`: what a scope costs by itself, its start and end)
+CHILDREN = 20
 _COLLECTED = re.compile(r"^==\d+== Collected : (\d+)\s*$", re.MULTILINE)
 
 Runner = Callable[[str, int], str]  # (config, scopes) -> valgrind's stderr
 
 
-def run_scopes(config: str, scopes: int, warm_up: int = WARM_UP) -> None:
-    """Run `scopes` scopes of `config` after `warm_up` ones, then shut the providers down."""
-    from per_span import make_provider, one_scope
+def run_scopes(config: str, scopes: int, warm_up: int = WARM_UP, children: int = CHILDREN) -> None:
+    """Run `scopes` scopes of `config` (`children` DB spans each) after `warm_up` ones, then shut the providers
+    down."""
+    from per_span import _DB, make_provider, one_scope
 
     # The exporter wakes on full batches only: its work then depends on the spans, not on the wall time of
     # a run under valgrind on a busy machine (the 5 s timer's exports moved the counts by up to ~80 000 per
@@ -59,8 +65,9 @@ def run_scopes(config: str, scopes: int, warm_up: int = WARM_UP) -> None:
     os.environ.setdefault("BENCH_EXPORT_ON_FULL_BATCH", "1")
     provider, meter_provider = make_provider(config)
     tracer = provider.get_tracer("bench")
+    spans = _DB[:children]
     for _ in range(warm_up + scopes):
-        one_scope(tracer)
+        one_scope(tracer, spans)
     provider.shutdown()
     meter_provider.shutdown()
 
@@ -99,7 +106,7 @@ def report(costs: Mapping[str, float], goals: Mapping[str, float] = GOALS) -> li
     return lines
 
 
-def valgrind_runner(python: str = sys.executable, warm_up: int = WARM_UP) -> Runner:
+def valgrind_runner(python: str = sys.executable, warm_up: int = WARM_UP, children: int = CHILDREN) -> Runner:
     """Run `instructions.py CONFIG N` under callgrind (no profile written) and hand back its stderr."""
     valgrind = shutil.which("valgrind")
     if valgrind is None:
@@ -107,7 +114,7 @@ def valgrind_runner(python: str = sys.executable, warm_up: int = WARM_UP) -> Run
 
     def run(config: str, scopes: int) -> str:
         command = [valgrind, "--tool=callgrind", "--callgrind-out-file=/dev/null", python, os.path.abspath(__file__),
-                   "--warm-up", str(warm_up), config, str(scopes)]  # fmt: skip
+                   "--warm-up", str(warm_up), "--children", str(children), config, str(scopes)]  # fmt: skip
         env = {**os.environ, "PYTHONHASHSEED": "0"}  # the same dict and set layouts in every run
         done = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
         if done.returncode != 0:
@@ -159,6 +166,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--jobs", type=int, default=2, help="--compare: valgrind runs at a time")
     parser.add_argument("--warm-up", type=int, default=WARM_UP, help="scopes run before the measured ones")
     parser.add_argument(
+        "--children", type=int, default=CHILDREN, choices=range(CHILDREN + 1), metavar=f"0..{CHILDREN}",
+        help=f"DB spans per scope (default {CHILDREN}, the goals' set-up; 0: a scope's own start and end)",
+    )  # fmt: skip
+    parser.add_argument(
         "--exporter", choices=("batch", "simple"), default="batch",
         help="the SDK's span processor before ours: batch (the goals' set-up) or simple (no exporter thread: repeatable)",
     )  # fmt: skip
@@ -169,12 +180,12 @@ def main(argv: list[str]) -> int:
         os.environ["BENCH_SIMPLE_EXPORT"] = "1"  # read by per_span.make_provider, here and in the valgrind runs
     if args.compare:
         configs, sizes = compare_args(parser, args.configs, args.sizes, list(CONFIGS))
-        costs = compare(configs, sizes, valgrind_runner(warm_up=args.warm_up), args.jobs)
+        costs = compare(configs, sizes, valgrind_runner(warm_up=args.warm_up, children=args.children), args.jobs)
         print("\n".join(report(costs)))
         return 0
     if args.config not in CONFIGS or args.scopes is None:
         parser.error(f"CONFIG SCOPES; CONFIG one of {sorted(CONFIGS)}")
-    run_scopes(args.config, args.scopes, args.warm_up)
+    run_scopes(args.config, args.scopes, args.warm_up, args.children)
     return 0
 
 
