@@ -85,5 +85,7 @@ def test_the_simple_exporter_runs_on_one_thread_and_repeats(monkeypatch: pytest.
     provider.shutdown()
     meter_provider.shutdown()
     run = instructions.valgrind_runner(warm_up=5)
-    first, second = (instructions.compare([], [2, 6], run, jobs=2)["otel"] for _ in range(2))
+    # 40 scopes apart: a run's start-up may differ by ~150 000 instructions from the next one's (seen once in
+    # CI at sizes 2 and 6, 4 scopes apart: 0.8 % per scope); spread over 40 scopes that is under 0.1 %.
+    first, second = (instructions.compare([], [2, 42], run, jobs=2)["otel"] for _ in range(2))
     assert abs(first - second) <= 0.002 * first, (first, second)
