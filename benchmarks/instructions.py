@@ -39,16 +39,20 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
+from _common import DB_STATEMENTS  # noqa: E402
+
 WARM_UP = 300  # scopes before the measured ones: statement caches and instruments made
 BASELINE = "otel"
 # configuration -> the most it may cost per scope, as a multiple of plain OTel's (issue 14's goals)
 GOALS: dict[str, float] = {"otel+budget": 1.05, "otel+budget,no-metrics": 1.03}
 # Beside them, no goal: what the SDK itself costs to call one more processor whose hooks do nothing (C
-# callables, no Python frame of ours): the part of the goals' margin that no processor can spend.
+# callables, no Python frame of ours) in its own loop. Ours does not pay that loop: `install` fuses it with
+# the exporter's processor into one call per hook (docs/benchmarks.md, fourth and seventh sessions).
 FLOOR = "ref: otel+c-noop-processor"
 SIZES = (200, 600)
-# DB spans per scope: the goals' 20, or fewer (`--children 0`: what a scope costs by itself, its start and end)
-CHILDREN = 20
+# DB spans per scope: the goals' 20 (all of per_span's), or fewer (`--children 0`: what a scope costs by
+# itself, its start and end)
+CHILDREN = len(DB_STATEMENTS)
 _COLLECTED = re.compile(r"^==\d+== Collected : (\d+)\s*$", re.MULTILINE)
 
 Runner = Callable[[str, int], str]  # (config, scopes) -> valgrind's stderr
